@@ -1,0 +1,44 @@
+"""Elastic layers, weight-sharing supernets and their search spaces.
+
+Typical use::
+
+    from nasforge.supernets import create_supernet
+    net = create_supernet("mbv3-small")
+    arch = net.sample_active(0)          # plain data: nasforge.supernets.Architecture
+    static = net.extract(arch)           # nn.Module with copied weights
+    net.macs(arch), net.params(arch)     # exact, analytic
+"""
+
+from nasforge.supernets.arch import Architecture, DepthGate, Dimension, SearchSpace
+from nasforge.supernets.base import (
+    Supernet,
+    SupernetEntry,
+    create_supernet,
+    get_supernet_entry,
+    list_supernets,
+    register_supernet,
+)
+from nasforge.supernets.bn_calib import recalibrate_bn
+from nasforge.supernets.mbv3 import ElasticMobileNetV3, MBV3Config, MobileNetV3Subnet, Stage, mbv3_cost
+from nasforge.supernets.profile import count_macs, count_params
+
+__all__ = [
+    "Architecture",
+    "DepthGate",
+    "Dimension",
+    "ElasticMobileNetV3",
+    "MBV3Config",
+    "MobileNetV3Subnet",
+    "SearchSpace",
+    "Stage",
+    "Supernet",
+    "SupernetEntry",
+    "count_macs",
+    "count_params",
+    "create_supernet",
+    "get_supernet_entry",
+    "list_supernets",
+    "mbv3_cost",
+    "recalibrate_bn",
+    "register_supernet",
+]

@@ -1,0 +1,141 @@
+"""The common base of every weight-sharing supernet, and the registry of supernet families."""
+
+from __future__ import annotations
+
+import random
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from nasforge.errors import ConfigError
+from nasforge.supernets.arch import Architecture, SearchSpace
+
+__all__ = ["Supernet", "SupernetEntry", "register_supernet", "list_supernets", "get_supernet_entry", "create_supernet"]
+
+
+class Supernet(nn.Module, ABC):
+    """A network that contains every architecture of its :attr:`space` as a weight-sharing subnet.
+
+    Call order: :meth:`set_active` (or :meth:`sample_active`) picks the subnet that ``forward`` runs;
+    :meth:`extract` copies that subnet's weights into a static ``nn.Module``; :meth:`macs` and :meth:`params`
+    give exact analytic costs of any architecture without building it.
+    """
+
+    def __init__(self, space: SearchSpace) -> None:
+        super().__init__()
+        self._space = space
+        self._active = space.largest()
+
+    @property
+    def space(self) -> SearchSpace:
+        return self._space
+
+    @property
+    def active(self) -> Architecture:
+        """The architecture that ``forward`` currently runs."""
+        return self._active
+
+    def set_active(self, arch: Architecture | Mapping[str, Any] | str) -> Architecture:
+        """Make ``arch`` (validated against :attr:`space`) the active subnet and return it canonicalised."""
+        arch = self.space.canonical(arch if not isinstance(arch, str) else self.space.validate(arch))
+        self._apply(arch)
+        self._active = arch
+        return arch
+
+    def sample_active(self, rng: random.Random | int | None = None) -> Architecture:
+        """Activate and return a uniformly sampled architecture."""
+        return self.set_active(self.space.sample(rng))
+
+    def resolution(self, arch: Architecture | None = None) -> int:
+        """Input resolution of ``arch`` (the active one by default)."""
+        arch = arch or self._active
+        return int(arch["r"]) if "r" in arch else self.default_resolution
+
+    def input_shape(self, arch: Architecture | None = None) -> tuple[int, int, int]:
+        """``(channels, height, width)`` that the subnet ``arch`` expects."""
+        r = self.resolution(arch)
+        return (self.in_channels, r, r)
+
+    @property
+    @abstractmethod
+    def in_channels(self) -> int: ...
+
+    @property
+    @abstractmethod
+    def default_resolution(self) -> int: ...
+
+    @abstractmethod
+    def _apply(self, arch: Architecture) -> None:
+        """Configure the elastic layers for a validated, canonical ``arch``."""
+
+    @abstractmethod
+    def extract(self, arch: Architecture | Mapping[str, Any] | None = None) -> nn.Module:
+        """A static network with copied weights that computes the same function as the subnet ``arch``."""
+
+    @abstractmethod
+    def macs(self, arch: Architecture | Mapping[str, Any], resolution: int | None = None) -> int:
+        """Exact multiply-accumulates of convolutions and linear layers for one image."""
+
+    @abstractmethod
+    def params(self, arch: Architecture | Mapping[str, Any]) -> int:
+        """Exact parameter count of the extracted subnet."""
+
+    @abstractmethod
+    def config_dict(self) -> dict[str, Any]:
+        """JSON-able keyword arguments that rebuild this supernet with :func:`create_supernet`."""
+
+
+@dataclass(frozen=True)
+class SupernetEntry:
+    """A registered supernet: a name, a factory taking keyword overrides, and a one-line description."""
+
+    name: str
+    factory: Callable[..., Supernet]
+    description: str
+
+
+_REGISTRY: dict[str, SupernetEntry] = {}
+
+
+def register_supernet(name: str, description: str = "") -> Callable[[Callable[..., Supernet]], Callable[..., Supernet]]:
+    """Decorator registering a factory ``(**overrides) -> Supernet`` under ``name`` (duplicates raise)."""
+
+    def deco(factory: Callable[..., Supernet]) -> Callable[..., Supernet]:
+        if name in _REGISTRY:
+            raise ValueError(f"a supernet called {name!r} is already registered")
+        _REGISTRY[name] = SupernetEntry(name, factory, description or (factory.__doc__ or "").strip().split("\n")[0])
+        return factory
+
+    return deco
+
+
+def list_supernets() -> list[str]:
+    """Names of all registered supernets."""
+    _load_builtin()
+    return sorted(_REGISTRY)
+
+
+def get_supernet_entry(name: str) -> SupernetEntry:
+    """The registry entry called ``name``; :class:`ConfigError` lists the known names otherwise."""
+    _load_builtin()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ConfigError(f"unknown supernet {name!r}; known: {', '.join(sorted(_REGISTRY))}") from None
+
+
+def create_supernet(name: str, **overrides: Any) -> Supernet:
+    """Build the registered supernet ``name`` with keyword overrides (e.g. ``num_classes=10``)."""
+    entry = get_supernet_entry(name)
+    try:
+        return entry.factory(**overrides)
+    except TypeError as exc:
+        raise ConfigError(f"bad options for supernet {name!r}: {exc}") from None
+
+
+def _load_builtin() -> None:
+    # Importing the family modules registers their members; done on first use, not at import time.
+    from nasforge.supernets import mbv3  # noqa: F401

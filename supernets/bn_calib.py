@@ -1,0 +1,66 @@
+"""Batch-norm recalibration: fresh running statistics for one subnet before it is evaluated."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+__all__ = ["recalibrate_bn"]
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, batches: Iterable[torch.Tensor], max_images: int = 2000) -> int:
+    """Replace every BN layer's running statistics by statistics of the data the subnet sees.
+
+    The protocol of the Once-for-All reference: forward up to ``max_images`` images with the BN layers
+    normalising by batch statistics; each BN then gets the batch-size-weighted mean of the per-batch means and
+    of the per-batch *biased* variances. Works on static networks and on dynamic supernets (only the active
+    channel slice of a dynamic BN is overwritten). Other layers (dropout) run in eval mode.
+
+    Returns:
+        The number of images used.
+    """
+    bns = [m for m in model.modules() if isinstance(m, _BatchNorm)]
+    sums: dict[_BatchNorm, list[torch.Tensor | int]] = {}
+
+    def hook(m: _BatchNorm, inputs: tuple[torch.Tensor, ...]) -> None:
+        x = inputs[0].detach().double()
+        n = x.shape[0]
+        mean = x.mean((0, 2, 3))
+        var = x.var((0, 2, 3), unbiased=False)
+        if m in sums:
+            acc = sums[m]
+            acc[0] = acc[0] + mean * n  # type: ignore[operator]
+            acc[1] = acc[1] + var * n  # type: ignore[operator]
+            acc[2] = int(acc[2]) + n
+        else:
+            sums[m] = [mean * n, var * n, n]
+
+    modes = {m: m.training for m in model.modules()}
+    handles = [bn.register_forward_pre_hook(hook) for bn in bns]
+    seen = 0
+    try:
+        model.eval()
+        for bn in bns:
+            bn.train()
+        for x in batches:
+            if seen >= max_images:
+                break
+            x = x[: max_images - seen]
+            model(x)
+            seen += x.shape[0]
+    finally:
+        for h in handles:
+            h.remove()
+        for m, mode in modes.items():
+            m.train(mode)
+    if seen == 0:
+        raise ValueError("recalibrate_bn got no images; pass at least one non-empty batch")
+    for bn, (msum, vsum, n) in sums.items():
+        c = msum.shape[0]  # type: ignore[union-attr]
+        bn.running_mean[:c] = (msum / n).to(bn.running_mean.dtype)  # type: ignore[operator,index]
+        bn.running_var[:c] = (vsum / n).to(bn.running_var.dtype)  # type: ignore[operator,index]
+    return seen
