@@ -1,0 +1,314 @@
+"""The Optuna searcher: TPE, NSGA-II or random sampling over a :class:`SearchSpace`, resumable from storage.
+
+Each position of each dimension is one categorical parameter (``ks_0`` ... ``ks_11``, ``r``). Constraints are
+reported per trial with ``Trial.set_constraint`` (Optuna 5; the value is the relative violation, ``<= 0`` is
+feasible); TPE and NSGA-II read them back from ``FrozenTrial.constraints`` on their own, so no
+``constraints_func`` (deprecated in Optuna 5) is passed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+
+import numpy as np
+import optuna
+from nasforge.supernets.arch import Architecture, SearchSpace
+from optuna.trial import FrozenTrial, Trial, TrialState
+
+from nasforge.errors import ConfigError
+
+from ._base import Evaluator, Progress, Searcher, register_searcher
+from ._objectives import Constraint, Objective
+from ._result import SearchResult, TrialRecord, build_front
+from ._storage import describe_storage, resolve_storage
+
+__all__ = ["OPTUNA_SAMPLERS", "OptunaSearcher", "param_name"]
+
+OPTUNA_SAMPLERS = ("tpe", "nsga2", "random")
+_ATTR_ARCH = "arch"
+_ATTR_METRICS = "metrics"
+_ATTR_ERROR = "error"
+_ATTR_DUPLICATE = "duplicate_of"
+_STUDY_OBJECTIVES = "nasforge:objectives"
+_STUDY_SPACE = "nasforge:space"
+_FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+_log = logging.getLogger(__name__)
+
+
+class _TrialFailure(Exception):
+    """Ends one trial as FAIL with a message for the user; never leaves the searcher."""
+
+
+def param_name(dim_name: str, index: int | None) -> str:
+    """Optuna parameter name of one position: ``"ks_3"``, or ``"r"`` for a scalar dimension."""
+    return dim_name if index is None else f"{dim_name}_{index}"
+
+
+@register_searcher("optuna")
+class OptunaSearcher(Searcher):
+    """Search with an Optuna sampler; the study is resumable from journal or database storage.
+
+    Args:
+        sampler: ``"tpe"`` (default; Optuna's multi-objective TPE), ``"nsga2"`` or ``"random"``.
+        n_startup_trials: random trials before TPE starts modelling.
+        population_size: NSGA-II generation size; ``None`` picks ``n_trials // 4`` clipped to [10, 50].
+
+    Raises:
+        ConfigError: on an unknown sampler or a non-positive size.
+    """
+
+    def __init__(self, *, sampler: str = "tpe", n_startup_trials: int = 10, population_size: int | None = None):
+        if sampler not in OPTUNA_SAMPLERS:
+            raise ConfigError(f"unknown Optuna sampler {sampler!r}; choose one of {list(OPTUNA_SAMPLERS)}")
+        if n_startup_trials < 0:
+            raise ConfigError(f"n_startup_trials={n_startup_trials} is negative; use 0 or more")
+        if population_size is not None and population_size < 2:
+            raise ConfigError(f"population_size={population_size} is too small; use 2 or more")
+        self.sampler = sampler
+        self.n_startup_trials = n_startup_trials
+        self.population_size = population_size
+
+    def make_sampler(self, seed: int, n_trials: int) -> optuna.samplers.BaseSampler:
+        """A fresh, seeded Optuna sampler of the configured kind."""
+        if self.sampler == "tpe":
+            return optuna.samplers.TPESampler(seed=seed, n_startup_trials=self.n_startup_trials)
+        if self.sampler == "nsga2":
+            size = self.population_size or int(np.clip(n_trials // 4, 10, 50))
+            return optuna.samplers.NSGAIISampler(seed=seed, population_size=size)
+        return optuna.samplers.RandomSampler(seed=seed)
+
+    def search(
+        self,
+        space: SearchSpace,
+        evaluate: Evaluator,
+        *,
+        objectives: Sequence[Objective],
+        constraints: Sequence[Constraint] = (),
+        n_trials: int,
+        storage: str | None,
+        study_name: str,
+        seed: int,
+        progress: Progress | None = None,
+    ) -> SearchResult:
+        """See :meth:`Searcher.search`. Runs ``n_trials`` minus the study's finished trials, at least zero."""
+        objectives, constraints = tuple(objectives), tuple(constraints)
+        with _quiet_optuna():
+            study = self._open_study(space, objectives, storage, study_name, seed, n_trials)
+            done = len(study.get_trials(deepcopy=False, states=_FINISHED))
+            runner = _TrialRunner(study, space, evaluate, objectives, constraints)
+            for i in range(max(0, n_trials - done)):
+                record = runner.run_one()
+                if progress is not None:
+                    progress(done + i + 1, n_trials, record)
+            return collect_result(study, objectives, constraints, describe_storage(storage))
+
+    def _open_study(
+        self,
+        space: SearchSpace,
+        objectives: tuple[Objective, ...],
+        storage: str | None,
+        study_name: str,
+        seed: int,
+        n_trials: int,
+    ) -> optuna.Study:
+        study = optuna.create_study(
+            storage=resolve_storage(storage),
+            sampler=optuna.samplers.RandomSampler(seed=seed),
+            study_name=study_name,
+            directions=[o.direction for o in objectives],
+            load_if_exists=True,
+        )
+        _check_study(study, space, objectives, describe_storage(storage))
+        # A resumed run gets a different sampler seed, so a random sampler does not replay the first run.
+        n_existing = len(study.get_trials(deepcopy=False))
+        run_seed = int(np.random.SeedSequence([seed, n_existing]).generate_state(1)[0])
+        study.sampler = self.make_sampler(run_seed, n_trials)
+        return study
+
+
+@contextmanager
+def _quiet_optuna() -> Iterator[None]:
+    """Hide Optuna's per-trial INFO lines for the duration of the block, then restore the verbosity."""
+    previous = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(max(previous, optuna.logging.WARNING))
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(previous)
+
+
+def _check_study(study: optuna.Study, space: SearchSpace, objectives: tuple[Objective, ...], where: str) -> None:
+    """Raise if a resumed study was made for other objectives or another space; tag a new one."""
+    wanted = [str(o) for o in objectives]
+    directions = [d.name.lower() for d in study.directions]
+    attrs = study.user_attrs
+    stored = attrs.get(_STUDY_OBJECTIVES)
+    if directions != [o.direction for o in objectives] or (stored is not None and stored != wanted):
+        raise ConfigError(
+            f"study {study.study_name!r} in storage {where!r} was created for objectives "
+            f"{stored or directions} but this search asks for {wanted}; use a new study_name or storage, "
+            "or the study's original objectives"
+        )
+    if attrs.get(_STUDY_SPACE, space.name) != space.name:
+        raise ConfigError(
+            f"study {study.study_name!r} in storage {where!r} searches space {attrs[_STUDY_SPACE]!r}, "
+            f"not {space.name!r}; use a new study_name or storage"
+        )
+    if stored is None:
+        study.set_user_attr(_STUDY_OBJECTIVES, wanted)
+        study.set_user_attr(_STUDY_SPACE, space.name)
+
+
+class _TrialRunner:
+    """Runs one ask -> suggest -> evaluate (or reuse) -> tell cycle at a time."""
+
+    def __init__(
+        self,
+        study: optuna.Study,
+        space: SearchSpace,
+        evaluate: Evaluator,
+        objectives: tuple[Objective, ...],
+        constraints: tuple[Constraint, ...],
+    ) -> None:
+        self.study, self.space, self.evaluate = study, space, evaluate
+        self.objectives, self.constraints = objectives, constraints
+        self._known: dict[str, tuple[int, dict[str, float]]] = {}
+        self._indexed: set[int] = set()
+
+    def run_one(self) -> TrialRecord:
+        """Run one trial to its end (COMPLETE or FAIL) and return its record."""
+        trial = self.study.ask()
+        try:
+            frozen = self._complete(trial)
+        except _TrialFailure as exc:
+            _log.warning("trial %d failed: %s", trial.number, exc)
+            trial.set_user_attr(_ATTR_ERROR, str(exc))
+            frozen = self.study.tell(trial, state=TrialState.FAIL)
+        except BaseException:
+            self.study.tell(trial, state=TrialState.FAIL)
+            raise
+        return trial_record(frozen, self.objectives, self.constraints)
+
+    def _complete(self, trial: Trial) -> FrozenTrial:
+        arch = suggest_architecture(trial, self.space)
+        key = arch.to_json()
+        trial.set_user_attr(_ATTR_ARCH, key)
+        metrics = self._reuse(trial, key)
+        if metrics is None:
+            metrics = self._evaluate(arch)
+        trial.set_user_attr(_ATTR_METRICS, metrics)
+        values = self._objective_values(metrics)
+        for constraint in self.constraints:
+            try:
+                trial.set_constraint(str(constraint), constraint.violation(metrics))
+            except ConfigError as exc:
+                raise _TrialFailure(str(exc)) from None
+        frozen = self.study.tell(trial, values)
+        self._known.setdefault(key, (frozen.number, metrics))
+        return frozen
+
+    def _reuse(self, trial: Trial, key: str) -> dict[str, float] | None:
+        """Metrics of an earlier complete trial of the same architecture, or None."""
+        self._index_complete_trials()
+        if key not in self._known:
+            return None
+        number, metrics = self._known[key]
+        trial.set_user_attr(_ATTR_DUPLICATE, number)
+        return dict(metrics)
+
+    def _index_complete_trials(self) -> None:
+        # Also picks up trials that other workers finished in the same storage.
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if t.number in self._indexed:
+                continue
+            self._indexed.add(t.number)
+            arch, metrics = t.user_attrs.get(_ATTR_ARCH), t.user_attrs.get(_ATTR_METRICS)
+            if isinstance(arch, str) and isinstance(metrics, dict):
+                self._known.setdefault(arch, (t.number, {k: float(v) for k, v in metrics.items()}))
+
+    def _evaluate(self, arch: Architecture) -> dict[str, float]:
+        try:
+            # Any error of the user's evaluator fails this trial only; the search goes on.
+            raw = self.evaluate(arch)
+        except Exception as exc:
+            raise _TrialFailure(f"evaluator raised {type(exc).__name__}: {exc}") from exc
+        return _as_metrics(raw)
+
+    def _objective_values(self, metrics: Mapping[str, float]) -> list[float]:
+        values = []
+        for o in self.objectives:
+            if o.name not in metrics:
+                raise _TrialFailure(
+                    f"the evaluator returned no {o.name!r} (objective) but only {sorted(metrics)}; "
+                    f"return {o.name!r} or change the objectives"
+                )
+            if math.isnan(metrics[o.name]):
+                raise _TrialFailure(f"the evaluator returned NaN for objective {o.name!r}")
+            values.append(metrics[o.name])
+        return values
+
+
+def _as_metrics(raw: object) -> dict[str, float]:
+    if not isinstance(raw, Mapping):
+        raise _TrialFailure(f"the evaluator returned {type(raw).__name__}, not a mapping of metric name -> number")
+    metrics: dict[str, float] = {}
+    for name, value in raw.items():
+        try:
+            metrics[str(name)] = float(value)
+        except (TypeError, ValueError):
+            raise _TrialFailure(f"the evaluator returned {value!r} for metric {name!r}, not a number") from None
+    return metrics
+
+
+def suggest_architecture(trial: Trial, space: SearchSpace) -> Architecture:
+    """Suggest one categorical parameter per position and return the canonical architecture."""
+    genes: dict[str, int | list[int]] = {}
+    for dim in space.dims:
+        if dim.is_scalar:
+            genes[dim.name] = trial.suggest_categorical(param_name(dim.name, None), list(dim.choices))
+        else:
+            genes[dim.name] = [
+                trial.suggest_categorical(param_name(dim.name, i), list(dim.choices)) for i in range(dim.positions)
+            ]
+    return space.canonical(genes)
+
+
+def trial_record(
+    trial: FrozenTrial, objectives: Sequence[Objective], constraints: Sequence[Constraint]
+) -> TrialRecord:
+    """The :class:`TrialRecord` of an Optuna trial; feasibility is judged against ``constraints``."""
+    attrs = trial.user_attrs
+    arch = Architecture.from_json(attrs[_ATTR_ARCH]) if _ATTR_ARCH in attrs else Architecture(())
+    metrics = {str(k): float(v) for k, v in attrs.get(_ATTR_METRICS, {}).items()}
+    if not metrics and trial.values is not None:
+        metrics = {o.name: float(v) for o, v in zip(objectives, trial.values, strict=True)}
+    state = trial.state.name.lower()
+    feasible = state == "complete" and all(c.is_satisfied(metrics) for c in constraints)
+    return TrialRecord(
+        number=trial.number,
+        arch=arch,
+        metrics=metrics,
+        state=state,
+        feasible=feasible,
+        error=attrs.get(_ATTR_ERROR),
+        duplicate_of=attrs.get(_ATTR_DUPLICATE),
+    )
+
+
+def collect_result(
+    study: optuna.Study, objectives: Sequence[Objective], constraints: Sequence[Constraint], storage: str
+) -> SearchResult:
+    """All trials of ``study`` as records, plus the feasible Pareto front."""
+    trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+    records = [trial_record(t, objectives, constraints) for t in trials]
+    return SearchResult(
+        objectives=tuple(objectives),
+        constraints=tuple(constraints),
+        trials=records,
+        front=build_front(records, objectives),
+        study_name=study.study_name,
+        storage=storage,
+    )

@@ -1,0 +1,90 @@
+"""``run_search``: the one verb that parses objectives/constraints, picks a searcher and runs it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from nasforge.supernets.arch import SearchSpace
+
+from nasforge.errors import ConfigError
+
+from ._base import Evaluator, Progress, Searcher, get_searcher, list_searchers
+from ._objectives import Constraint, Objective, parse_constraints, parse_objectives
+from ._optuna import OPTUNA_SAMPLERS
+from ._result import SearchResult
+from ._storage import describe_storage
+
+__all__ = ["run_search"]
+
+
+def run_search(
+    space: SearchSpace,
+    evaluate: Evaluator,
+    *,
+    objectives: Sequence[str | Objective] = ("accuracy", "macs"),
+    constraints: Sequence[str | Constraint] = (),
+    n_trials: int = 40,
+    sampler: str = "tpe",
+    storage: str | os.PathLike[str] | None = None,
+    study_name: str = "nasforge",
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> SearchResult:
+    """Search ``space`` for architectures on the Pareto front of ``objectives`` that meet ``constraints``.
+
+    Args:
+        space: the search space; every evaluated architecture is canonical in it.
+        evaluate: returns the metrics of one architecture, e.g. ``{"accuracy": 0.7, "macs": 2e8}``. An
+            exception fails that trial (its text is kept) and the search goes on; an architecture seen before
+            in the study reuses the earlier metrics instead of calling ``evaluate`` again.
+        objectives: ``"accuracy"``, ``"macs"``, ``"name:max"`` / ``"name:min"`` or :class:`Objective` values.
+        constraints: ``"latency_ms<=5"``-style texts or :class:`Constraint` values.
+        n_trials: wanted number of finished trials in the study; a resumed study runs only the missing ones.
+        sampler: ``"tpe"``, ``"nsga2"`` or ``"random"`` (Optuna), or the name of a registered searcher.
+        storage: ``None`` (in memory), a ``.log`` / ``.journal`` file or ``"journal:PATH"`` (Optuna journal
+            file), or a database URL such as ``"sqlite:///study.db"``. Existing studies are resumed.
+        study_name: the study to create or resume.
+        seed: seeds the sampler.
+        progress: called after each trial with ``(done, total, record)``.
+
+    Returns:
+        A :class:`SearchResult` with every trial of the study and the feasible Pareto front.
+
+    Raises:
+        ConfigError: on malformed objectives/constraints, an unknown sampler, a bad ``n_trials`` or storage,
+            or a stored study that was created for other objectives.
+    """
+    parsed_objectives = parse_objectives(objectives)
+    parsed_constraints = parse_constraints(constraints)
+    _check_n_trials(n_trials)
+    if not isinstance(study_name, str) or not study_name:
+        raise ConfigError(f"study_name {study_name!r} must be a non-empty string")
+    storage_text = None if storage is None else describe_storage(storage)
+    return _make_searcher(sampler).search(
+        space,
+        evaluate,
+        objectives=parsed_objectives,
+        constraints=parsed_constraints,
+        n_trials=n_trials,
+        storage=storage_text,
+        study_name=study_name,
+        seed=seed,
+        progress=progress,
+    )
+
+
+def _check_n_trials(n_trials: int) -> None:
+    if isinstance(n_trials, bool) or not isinstance(n_trials, int) or n_trials < 1:
+        raise ConfigError(f"n_trials={n_trials!r} must be a positive integer")
+
+
+def _make_searcher(sampler: str) -> Searcher:
+    if sampler in OPTUNA_SAMPLERS:
+        return get_searcher("optuna", sampler=sampler)
+    if sampler in list_searchers():
+        return get_searcher(sampler)
+    raise ConfigError(
+        f"unknown sampler {sampler!r}; choose one of {list(OPTUNA_SAMPLERS)} (Optuna) "
+        f"or a registered searcher {list_searchers()}"
+    )
