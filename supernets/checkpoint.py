@@ -1,0 +1,58 @@
+"""Supernet checkpoints: atomic writes, safe loads (``weights_only``), clear errors on corrupt files."""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nasforge.errors import CheckpointError
+from nasforge.io import atomic_torch_save
+from nasforge.supernets.base import Supernet, create_supernet
+
+__all__ = ["CHECKPOINT_FORMAT", "save_checkpoint", "load_checkpoint", "load_supernet"]
+
+CHECKPOINT_FORMAT = "nasforge-supernet-checkpoint/1"
+
+
+def save_checkpoint(path: str | Path, net: Supernet, supernet_name: str, supernet_options: dict[str, Any],
+                    **extra: Any) -> Path:
+    """Atomically write the supernet's weights with what is needed to rebuild it (plus ``extra`` entries)."""
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "supernet": supernet_name,
+        "supernet_options": supernet_options,
+        "model": net.state_dict(),
+        **extra,
+    }
+    return atomic_torch_save(path, state)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` without unpickling arbitrary objects."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"checkpoint {path} is corrupt or not a nasforge checkpoint ({first[:160]})") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a nasforge supernet checkpoint (expected format {CHECKPOINT_FORMAT})")
+    return state
+
+
+def load_supernet(path: str | Path) -> tuple[Supernet, dict[str, Any]]:
+    """Rebuild the supernet stored in a checkpoint; returns ``(net, checkpoint dict)``."""
+    state = load_checkpoint(path)
+    net = create_supernet(state["supernet"], **state.get("supernet_options", {}))
+    try:
+        net.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"checkpoint {path} does not fit supernet {state['supernet']!r}: "
+                              f"{str(exc).splitlines()[0][:200]}") from None
+    return net, state
