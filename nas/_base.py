@@ -6,9 +6,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from nasforge.supernets.arch import Architecture, SearchSpace
-
 from nasforge.errors import ConfigError
+from nasforge.supernets.arch import Architecture, SearchSpace
 
 from ._objectives import Constraint, Objective
 from ._result import SearchResult, TrialRecord
@@ -48,6 +47,7 @@ class Searcher(ABC):
         study_name: str,
         seed: int,
         progress: Progress | None = None,
+        initial: Sequence[Architecture] = (),
     ) -> SearchResult:
         """Run trials until the study holds ``n_trials`` finished (complete or pruned) ones.
 
@@ -61,6 +61,7 @@ class Searcher(ABC):
             study_name: the study to create or resume.
             seed: seeds the sampler.
             progress: called after each trial.
+            initial: architectures evaluated first when the study is new (e.g. the space's corners).
 
         Returns:
             All trials of the study and the feasible Pareto front.

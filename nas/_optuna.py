@@ -15,10 +15,10 @@ from contextlib import contextmanager
 
 import numpy as np
 import optuna
-from nasforge.supernets.arch import Architecture, SearchSpace
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from nasforge.errors import ConfigError
+from nasforge.supernets.arch import Architecture, SearchSpace
 
 from ._base import Evaluator, Progress, Searcher, register_searcher
 from ._objectives import Constraint, Objective
@@ -92,11 +92,15 @@ class OptunaSearcher(Searcher):
         study_name: str,
         seed: int,
         progress: Progress | None = None,
+        initial: Sequence[Architecture] = (),
     ) -> SearchResult:
         """See :meth:`Searcher.search`. Runs ``n_trials`` minus the study's finished trials, at least zero."""
         objectives, constraints = tuple(objectives), tuple(constraints)
         with _quiet_optuna():
             study = self._open_study(space, objectives, storage, study_name, seed, n_trials)
+            if not study.get_trials(deepcopy=False):
+                for arch in initial:
+                    study.enqueue_trial(architecture_params(space, arch), skip_if_exists=True)
             done = len(study.get_trials(deepcopy=False, states=_FINISHED))
             runner = _TrialRunner(study, space, evaluate, objectives, constraints)
             for i in range(max(0, n_trials - done)):
@@ -261,6 +265,19 @@ def _as_metrics(raw: object) -> dict[str, float]:
         except (TypeError, ValueError):
             raise _TrialFailure(f"the evaluator returned {value!r} for metric {name!r}, not a number") from None
     return metrics
+
+
+def architecture_params(space: SearchSpace, arch: Architecture) -> dict[str, int]:
+    """The Optuna parameters (see :func:`suggest_architecture`) that encode ``arch``."""
+    arch = space.canonical(arch)
+    params: dict[str, int] = {}
+    for dim in space.dims:
+        value = arch[dim.name]
+        if isinstance(value, int):
+            params[param_name(dim.name, None)] = value
+        else:
+            params.update({param_name(dim.name, i): v for i, v in enumerate(value)})
+    return params
 
 
 def suggest_architecture(trial: Trial, space: SearchSpace) -> Architecture:

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from nasforge.supernets.arch import Architecture
 
 from nasforge.errors import ConfigError
 from nasforge.io import atomic_write_json, atomic_write_text
+from nasforge.supernets.arch import Architecture
 
 from ._objectives import Constraint, Objective, parse_constraint
 from ._pareto import pareto_front

@@ -5,9 +5,8 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from nasforge.supernets.arch import SearchSpace
-
 from nasforge.errors import ConfigError
+from nasforge.supernets.arch import Architecture, SearchSpace
 
 from ._base import Evaluator, Progress, Searcher, get_searcher, list_searchers
 from ._objectives import Constraint, Objective, parse_constraints, parse_objectives
@@ -30,6 +29,7 @@ def run_search(
     study_name: str = "nasforge",
     seed: int = 0,
     progress: Progress | None = None,
+    initial: Sequence[Architecture] = (),
 ) -> SearchResult:
     """Search ``space`` for architectures on the Pareto front of ``objectives`` that meet ``constraints``.
 
@@ -47,6 +47,8 @@ def run_search(
         study_name: the study to create or resume.
         seed: seeds the sampler.
         progress: called after each trial with ``(done, total, record)``.
+        initial: architectures to evaluate first when the study is new, e.g. ``(space.largest(),
+            space.smallest())`` so the front's ends are known from the start.
 
     Returns:
         A :class:`SearchResult` with every trial of the study and the feasible Pareto front.
@@ -71,6 +73,7 @@ def run_search(
         study_name=study_name,
         seed=seed,
         progress=progress,
+        initial=tuple(initial),
     )
 
 

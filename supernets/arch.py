@@ -19,7 +19,7 @@ import math
 import random
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -27,8 +27,8 @@ from nasforge.errors import ArchitectureError
 
 __all__ = ["Architecture", "Dimension", "DepthGate", "SearchSpace", "Gene"]
 
-Gene = Union[int, tuple[int, ...]]
-RngLike = Union[random.Random, int, None]
+Gene = int | tuple[int, ...]
+RngLike = random.Random | int | None
 
 
 def _as_rng(rng: RngLike) -> random.Random:
@@ -103,7 +103,9 @@ def _coerce_gene(name: str, value: Any) -> Gene:
     if isinstance(value, (list, tuple)):
         out = []
         for i, v in enumerate(value):
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer, float)) or float(v) != int(v):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer, float)) or (
+                isinstance(v, float) and not v.is_integer()
+            ):
                 raise ArchitectureError(f"architecture field {name!r}[{i}] must be an int, got {v!r}")
             out.append(int(v))
         return tuple(out)
@@ -321,7 +323,7 @@ class SearchSpace:
             fill = {pos: self.dim(pos[0]).choices[-1] for pos in inactive}
             for combo in itertools.product(*(self.dim(b).choices for b, _ in active)):
                 alt = {(gate.depth, unit): dval, **fill}
-                alt.update(dict(zip(active, combo)))
+                alt.update(dict(zip(active, combo, strict=True)))
                 alts.append(alt)
         return alts
 
@@ -384,7 +386,7 @@ class SearchSpace:
                 genes.append((d.name, va if r.random() < 0.5 else vb))
             else:
                 assert isinstance(va, tuple) and isinstance(vb, tuple)
-                genes.append((d.name, tuple(x if r.random() < 0.5 else y for x, y in zip(va, vb))))
+                genes.append((d.name, tuple(x if r.random() < 0.5 else y for x, y in zip(va, vb, strict=True))))
         return self.canonical(Architecture(tuple(genes)))
 
     # -- encoding --------------------------------------------------------------------------------------------

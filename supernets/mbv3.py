@@ -18,7 +18,14 @@ from torch import nn
 from nasforge.errors import ConfigError
 from nasforge.supernets.arch import Architecture, DepthGate, Dimension, SearchSpace
 from nasforge.supernets.base import Supernet, register_supernet
-from nasforge.supernets.layers import DynamicMBConv, ElasticDepth, make_activation, make_divisible, mid_channels, se_hidden
+from nasforge.supernets.layers import (
+    DynamicMBConv,
+    ElasticDepth,
+    make_activation,
+    make_divisible,
+    mid_channels,
+    se_hidden,
+)
 
 __all__ = ["Stage", "MBV3Config", "ElasticMobileNetV3", "MobileNetV3Subnet", "mbv3_cost"]
 

@@ -47,8 +47,16 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        ints = ("epochs", "batch_size", "warmup_epochs", "num_random", "calib_images", "seed")
+        reals = ("lr", "momentum", "weight_decay", "label_smoothing", "kd_weight")
+        wrong = [k for k in ints + reals if isinstance(getattr(self, k), bool)
+                 or not isinstance(getattr(self, k), int if k in ints else (int, float))]
+        if wrong:
+            raise ConfigError(f"training value(s) of the wrong type: {', '.join(f'{k}={getattr(self, k)!r}' for k in wrong)}"
+                              f"; {', '.join(ints)} are integers, {', '.join(reals)} are numbers")
         checks = {
             "epochs": self.epochs >= 1, "batch_size": self.batch_size >= 1, "lr": self.lr > 0,
+            "momentum": 0 <= self.momentum < 1,
             "warmup_epochs": self.warmup_epochs >= 0, "num_random": self.num_random >= 0,
             "label_smoothing": 0 <= self.label_smoothing < 1, "calib_images": self.calib_images >= 1,
             "weight_decay": self.weight_decay >= 0, "kd_weight": self.kd_weight >= 0,
@@ -107,16 +115,22 @@ class Trainer(ABC):
         total_steps = cfg.epochs * steps_per_epoch
         for epoch in range(start, cfg.epochs):
             net.train()
-            gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-            rng = random.Random(cfg.seed * 100_003 + epoch)
+            epoch_seed = cfg.seed * 100_003 + epoch
+            gen = torch.Generator().manual_seed(epoch_seed)
+            rng = random.Random(epoch_seed)
             losses = []
-            for i, (x, y) in enumerate(data.train.batches(cfg.batch_size, shuffle=True, generator=gen, drop_last=True)):
-                step = epoch * steps_per_epoch + i
-                for group in opt.param_groups:
-                    group["lr"] = _lr_at(step, total_steps, warmup_steps=cfg.warmup_epochs * steps_per_epoch, base=cfg.lr)
-                losses.append(self._step(net, opt, x, y, rng, epoch))
-                if on_step:
-                    on_step(i + 1, steps_per_epoch)
+            # Each epoch draws dropout noise from its own seed, so a resumed run repeats an uninterrupted one.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(epoch_seed)
+                batches = data.train.batches(cfg.batch_size, shuffle=True, generator=gen, drop_last=True)
+                for i, (x, y) in enumerate(batches):
+                    step = epoch * steps_per_epoch + i
+                    lr = _lr_at(step, total_steps, warmup_steps=cfg.warmup_epochs * steps_per_epoch, base=cfg.lr)
+                    for group in opt.param_groups:
+                        group["lr"] = lr
+                    losses.append(self._step(net, opt, x, y, rng, epoch))
+                    if on_step:
+                        on_step(i + 1, steps_per_epoch)
             record = {"epoch": epoch + 1, "loss": sum(losses) / max(1, len(losses)), "lr": opt.param_groups[0]["lr"]}
             record.update(self.validate(net, data))
             history.append(record)
@@ -138,7 +152,7 @@ class Trainer(ABC):
             logits = net(resize(x, net.resolution(arch)))
             loss = self.subnet_loss(i, logits, y, teacher)
             loss.backward()
-            total += float(loss)
+            total += float(loss.detach())
             if i == 0:
                 teacher = logits.detach()
         opt.step()
@@ -173,7 +187,7 @@ def _optimizer(net: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr)
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
 
 
 def _lr_at(step: int, total: int, warmup_steps: int, base: float) -> float:

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from nasforge.export import export_onnx
 from torch import nn
+
+from nasforge.export import export_onnx
 
 INPUT_SHAPE = (3, 16, 16)
 

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
+from nasforge.errors import ConfigError, ExportError, NasforgeError
 from nasforge.export import (
     LatencyResult,
     Profiler,
@@ -20,8 +22,6 @@ from nasforge.export import (
     register_profiler,
     timed_runs,
 )
-
-from nasforge.errors import ConfigError, ExportError, NasforgeError
 
 FAST = {"runs": 30, "warmup": 5}
 

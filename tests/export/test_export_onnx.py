@@ -12,11 +12,11 @@ import onnxruntime as ort
 import pytest
 import torch
 from google.protobuf.message import DecodeError
-from nasforge.export import ExportResult, check_parity, export_onnx, read_metadata
 from onnx.external_data_helper import uses_external_data
 
 import nasforge
 from nasforge.errors import ConfigError, ExportError
+from nasforge.export import ExportResult, check_parity, export_onnx, read_metadata
 
 EXPORTERS = ["dynamo", "torchscript"]
 

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
+
 from nasforge.supernets.arch import Architecture, DepthGate, Dimension, SearchSpace
 
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from nasforge.nas import Constraint, Objective, parse_constraint, parse_objective
 
 from nasforge.errors import ConfigError
+from nasforge.nas import Constraint, Objective, parse_constraint, parse_objective
 
 
 @pytest.mark.parametrize(

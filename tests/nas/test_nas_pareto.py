@@ -6,9 +6,9 @@ import itertools
 
 import numpy as np
 import pytest
-from nasforge.nas import hypervolume_2d, pareto_front
 
 from nasforge.errors import ConfigError
+from nasforge.nas import hypervolume_2d, pareto_front
 
 MIN2 = ("minimize", "minimize")
 

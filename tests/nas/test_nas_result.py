@@ -8,10 +8,10 @@ import math
 from pathlib import Path
 
 import pytest
-from nasforge.nas import SearchResult, plot_pareto, run_search
-from nasforge.supernets.arch import Architecture, SearchSpace
 
 from nasforge.errors import ConfigError
+from nasforge.nas import SearchResult, plot_pareto, run_search
+from nasforge.supernets.arch import Architecture, SearchSpace
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

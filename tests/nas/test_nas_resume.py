@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from nasforge.nas import journal_storage_url, run_search
-from nasforge.supernets.arch import SearchSpace
 
 from nasforge.errors import ConfigError
+from nasforge.nas import journal_storage_url, run_search
+from nasforge.supernets.arch import SearchSpace
 
 
 def _storages(tmp_path: Path) -> dict[str, str]:

@@ -7,6 +7,8 @@ import logging
 import numpy as np
 import optuna
 import pytest
+
+from nasforge.errors import ConfigError
 from nasforge.nas import (
     OPTUNA_SAMPLERS,
     Objective,
@@ -20,8 +22,6 @@ from nasforge.nas import (
     run_search,
 )
 from nasforge.supernets.arch import Architecture, DepthGate, Dimension, SearchSpace
-
-from nasforge.errors import ConfigError
 
 DIRS = ("maximize", "minimize")
 
@@ -213,3 +213,25 @@ def test_optuna_logging_restored(toy_space: SearchSpace, metrics_fn) -> None:
         assert optuna.logging.get_verbosity() == optuna.logging.INFO
     finally:
         optuna.logging.set_verbosity(previous)
+
+
+def test_initial_architectures_run_first_and_only_once(tmp_path, toy_space: SearchSpace) -> None:
+    initial = (toy_space.largest(), toy_space.smallest())
+
+    class CountingEvaluator:
+        def __init__(self) -> None:
+            self.seen: list[Architecture] = []
+            self.calls = 0
+
+        def __call__(self, arch: Architecture) -> dict[str, float]:
+            self.seen.append(arch)
+            self.calls += 1
+            return {"accuracy": float(sum(arch["ks"])), "macs": float(sum(arch["e"]))}
+
+    evaluator = CountingEvaluator()
+    storage = tmp_path / "study.journal"
+    run_search(toy_space, evaluator, n_trials=5, sampler="random", storage=storage, initial=initial)
+    assert evaluator.seen[:2] == list(initial)
+    again = CountingEvaluator()
+    run_search(toy_space, again, n_trials=7, sampler="random", storage=storage, initial=initial)
+    assert again.calls == 2 and not set(again.seen) & set(initial)

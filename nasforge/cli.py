@@ -1,0 +1,160 @@
+"""The ``nasforge`` command line: a thin layer that parses, builds a config, calls the library, prints a summary.
+
+Errors caused by input (config, architecture, data, checkpoint) print one line and exit with code 2;
+``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from nasforge._version import __version__
+from nasforge.errors import ConfigError, NasforgeError
+
+__all__ = ["main", "build_parser"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``nasforge`` command."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    parser = argparse.ArgumentParser(prog="nasforge", parents=[common],
+                                     description="Train a supernet, search its subnets, export and measure them.")
+    parser.add_argument("--version", action="version", version=f"nasforge {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", parents=[common], help="train, search, export and measure on one dataset",
+                         description="The whole pipeline. Defaults: digits, mbv3-small, 10 epochs, 40 trials.")
+    run.add_argument("--config", type=Path, help="YAML config (missing keys take defaults)")
+    run.add_argument("--out", type=Path, help="run folder (default: runs/run-<timestamp>)")
+    run.add_argument("--epochs", type=int, help="override train.epochs")
+    run.add_argument("--trials", type=int, help="override search.trials")
+    run.add_argument("--seed", type=int, help="override seed")
+    run.add_argument("--resume", action="store_true", help="continue the run in --out after a crash or stop")
+    run.add_argument("--quiet", action="store_true", help="no progress output, only the summary")
+    run.set_defaults(func=_cmd_run)
+
+    space = sub.add_parser("space", parents=[common], help="list or describe search spaces")
+    space_sub = space.add_subparsers(dest="space_command", metavar="ACTION")
+    lst = space_sub.add_parser("list", parents=[common], help="registered supernets / spaces")
+    lst.add_argument("--json", action="store_true")
+    lst.set_defaults(func=_cmd_space_list)
+    desc = space_sub.add_parser("describe", parents=[common], help="exact params/MACs of an architecture")
+    desc.add_argument("space", help="space name (see `nasforge space list`)")
+    desc.add_argument("--arch", help="architecture as JSON text or a JSON file (default: the largest)")
+    desc.add_argument("--resolution", type=int, help="input resolution (default: the arch's r)")
+    desc.add_argument("--num-classes", type=int, help="classifier outputs (default: the space's)")
+    desc.add_argument("--in-channels", type=int, help="input channels (default: the space's)")
+    desc.add_argument("--json", action="store_true", help="print JSON")
+    desc.set_defaults(func=_cmd_space_describe)
+    space.set_defaults(func=lambda args: _usage(space))
+    return parser
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return 2
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from nasforge.config import RunConfig, load_config
+    from nasforge.pipeline import run_pipeline
+    from nasforge.progress import ProgressReporter
+    from nasforge.report import print_summary
+
+    cfg = load_config(args.config) if args.config else RunConfig()
+    overrides: dict[str, Any] = {}
+    if args.epochs is not None:
+        overrides["train__epochs"] = args.epochs
+    if args.trials is not None:
+        overrides["search__trials"] = args.trials
+    if args.seed is not None:
+        overrides["seed"] = args.seed
+    cfg = cfg.with_overrides(**overrides) if overrides else cfg
+    out = args.out or Path("runs") / time.strftime("run-%Y%m%d-%H%M%S")
+    if args.resume and args.out is None:
+        raise ConfigError("--resume needs --out DIR naming the run folder to continue")
+    reporter = ProgressReporter(enabled=not args.quiet)
+    reporter.log(f"nasforge {__version__}: run folder {out}")
+    summary = run_pipeline(cfg, out, resume=args.resume, reporter=reporter)
+    print_summary(summary)
+    return 0
+
+
+def _cmd_space_list(args: argparse.Namespace) -> int:
+    from nasforge.supernets import get_supernet_entry, list_supernets
+
+    entries = [get_supernet_entry(n) for n in list_supernets()]
+    if args.json:
+        print(json.dumps([{"name": e.name, "description": e.description} for e in entries], indent=2))
+    else:
+        width = max(len(e.name) for e in entries)
+        for e in entries:
+            print(f"{e.name:<{width}}  {e.description}")
+    return 0
+
+
+def _read_arch(text: str) -> Any:
+    from nasforge.supernets import Architecture
+
+    path = Path(text)
+    if not text.lstrip().startswith("{") and path.suffix.lower() == ".json":
+        if not path.is_file():
+            raise ConfigError(f"architecture file {path} does not exist")
+        text = path.read_text(encoding="utf-8")
+    return Architecture.from_json(text)
+
+
+def _cmd_space_describe(args: argparse.Namespace) -> int:
+    from nasforge.supernets import create_supernet
+
+    options = {}
+    if args.num_classes is not None:
+        options["num_classes"] = args.num_classes
+    if args.in_channels is not None:
+        options["in_channels"] = args.in_channels
+    net = create_supernet(args.space, **options)
+    arch = net.space.validate(_read_arch(args.arch)) if args.arch else net.space.largest()
+    r = args.resolution if args.resolution is not None else net.resolution(arch)
+    if r < 8:
+        raise ConfigError(f"--resolution {r} is too small; use at least 8")
+    result = {"space": args.space, "params": net.params(arch), "macs": net.macs(arch, r), "resolution": r,
+              "arch": net.space.canonical(arch).to_dict(), "space_size": net.space.size()}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"space       {args.space}  ({result['space_size']:.3e} architectures)")
+        print(f"resolution  {r}")
+        print(f"params      {result['params']:,}")
+        print(f"MACs        {result['macs']:,}")
+        print(f"arch        {json.dumps(result['arch'], separators=(',', ':'))}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``nasforge`` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except NasforgeError as exc:
+        if args.debug:
+            raise
+        print(f"nasforge: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("nasforge: interrupted; continue with `nasforge run --resume --out DIR`", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

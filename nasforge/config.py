@@ -1,0 +1,253 @@
+"""The typed configuration of ``nasforge run``: strict loading (unknown keys and bad values are errors),
+YAML round-trip, and a schema version saved with every run so a run folder can be reproduced.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from nasforge.errors import ConfigError
+from nasforge.io import atomic_write_text
+from nasforge.supernets.trainers import TrainConfig
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "DataSection",
+    "SupernetSection",
+    "TrainSection",
+    "SearchSection",
+    "ExportSection",
+    "RunConfig",
+    "load_config",
+    "save_config",
+    "config_from_dict",
+]
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class DataSection:
+    """Which data to train and evaluate on (see :func:`nasforge.data.load_data`)."""
+
+    spec: str = "digits"
+    image_size: int | None = 16
+    val_fraction: float = 0.2
+    test_fraction: float = 0.2
+
+
+@dataclass(frozen=True)
+class SupernetSection:
+    """Which registered supernet to train, with keyword overrides of its configuration."""
+
+    name: str = "mbv3-small"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainSection:
+    """Trainer name plus the shared loop's hyper-parameters (:class:`TrainConfig`)."""
+
+    trainer: str = "sandwich"
+    epochs: int = 10
+    batch_size: int = 64
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-5
+    warmup_epochs: int = 1
+    label_smoothing: float = 0.1
+    num_random: int = 2
+    kd_weight: float = 1.0
+    calib_images: int = 500
+
+    def train_config(self, seed: int) -> TrainConfig:
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "trainer"}
+        return TrainConfig(seed=seed, **values)
+
+
+@dataclass(frozen=True)
+class SearchSection:
+    """The architecture search over the trained supernet."""
+
+    trials: int = 40
+    sampler: str = "tpe"
+    objectives: tuple[str, ...] = ("accuracy", "latency_ms")
+    constraints: tuple[str, ...] = ()
+    calib_images: int = 500
+    storage: str | None = None
+    study: str = "nasforge"
+    latency_runs: int = 50
+    latency_warmup: int = 10
+
+
+@dataclass(frozen=True)
+class ExportSection:
+    """Export of the chosen subnets and their latency measurement."""
+
+    max_subnets: int = 8
+    opset: int = 18
+    atol: float = 1e-4
+    exporter: str = "dynamo"
+    dynamic_batch: bool = False
+    backend: str = "ort-cpu"
+    runs: int = 200
+    warmup: int = 20
+    threads: int = 1
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything ``nasforge run`` needs; saved as ``config.yaml`` in the run folder."""
+
+    schema_version: int = SCHEMA_VERSION
+    seed: int = 0
+    data: DataSection = field(default_factory=DataSection)
+    supernet: SupernetSection = field(default_factory=SupernetSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    search: SearchSection = field(default_factory=SearchSection)
+    export: ExportSection = field(default_factory=ExportSection)
+
+    def __post_init__(self) -> None:
+        _check_values(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+    def with_overrides(self, **dotted: Any) -> RunConfig:
+        """A copy with ``section__key=value`` (or top-level ``seed=``) overrides, validated."""
+        data = self.to_dict()
+        for key, value in dotted.items():
+            parts = key.split("__")
+            node = data
+            for p in parts[:-1]:
+                node = node[p]
+            node[parts[-1]] = value
+        return config_from_dict(data)
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+_SECTIONS: dict[str, type] = {
+    "data": DataSection, "supernet": SupernetSection, "train": TrainSection, "search": SearchSection,
+    "export": ExportSection,
+}
+
+
+def config_from_dict(data: Mapping[str, Any] | None) -> RunConfig:
+    """Build a :class:`RunConfig` from plain data; :class:`ConfigError` names any unknown key or bad value."""
+    data = dict(data or {})
+    version = data.get("schema_version", SCHEMA_VERSION)
+    if version != SCHEMA_VERSION:
+        raise ConfigError(f"config schema_version {version!r} is not supported; this nasforge reads {SCHEMA_VERSION}")
+    top = {f.name for f in fields(RunConfig)}
+    _reject_unknown(data, top, "")
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        if name in _SECTIONS:
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"config section {name!r} must be a mapping, got {value!r}")
+            kwargs[name] = _build_section(_SECTIONS[name], value, name)
+        else:
+            kwargs[name] = _coerce(name, value, getattr(RunConfig(), name))
+    return RunConfig(**kwargs)
+
+
+def _reject_unknown(data: Mapping[str, Any], allowed: set[str], prefix: str) -> None:
+    unknown = sorted(str(k) for k in set(data) - allowed)
+    if unknown:
+        where = f"in section {prefix!r} " if prefix else ""
+        raise ConfigError(f"unknown config key(s) {unknown} {where}(allowed: {', '.join(sorted(allowed))})")
+
+
+def _build_section(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
+    defaults = cls()
+    _reject_unknown(data, {f.name for f in fields(cls)}, prefix)
+    return cls(**{k: _coerce(f"{prefix}.{k}", v, getattr(defaults, k)) for k, v in data.items()})
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    """Check ``value`` against the type of the field's default (None-able fields accept None)."""
+    if value is None and (default is None or key in _NULLABLE):
+        return None
+    expected = type(default) if default is not None else (str if key in _NULLABLE else type(value))
+    if expected is bool:
+        ok = isinstance(value, bool)
+    elif expected is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif expected is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif expected is tuple:
+        ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+        value = tuple(value) if ok else value
+    elif expected is dict:
+        ok = isinstance(value, Mapping)
+        value = dict(value) if ok else value
+    else:
+        ok = isinstance(value, expected)
+    if not ok:
+        raise ConfigError(f"config key {key!r} must be {_TYPE_NAMES.get(expected, expected.__name__)}, got {value!r}")
+    return value
+
+
+_NULLABLE = {"data.image_size", "search.storage"}
+_TYPE_NAMES = {bool: "true/false", int: "an integer", float: "a number", tuple: "a list of strings",
+               dict: "a mapping", str: "a string"}
+
+
+def _check_values(cfg: RunConfig) -> None:
+    rules = [
+        ("train.epochs", cfg.train.epochs >= 1, ">= 1"),
+        ("train.batch_size", cfg.train.batch_size >= 1, ">= 1"),
+        ("train.lr", cfg.train.lr > 0, "> 0"),
+        ("search.trials", cfg.search.trials >= 1, ">= 1"),
+        ("search.objectives", len(cfg.search.objectives) in (1, 2, 3), "1 to 3 objectives"),
+        ("search.latency_runs", cfg.search.latency_runs >= 1, ">= 1"),
+        ("export.max_subnets", cfg.export.max_subnets >= 1, ">= 1"),
+        ("export.runs", cfg.export.runs >= 1, ">= 1"),
+        ("export.threads", cfg.export.threads >= 1, ">= 1"),
+        ("export.atol", cfg.export.atol > 0, "> 0"),
+        ("export.exporter", cfg.export.exporter in ("dynamo", "torchscript"), "'dynamo' or 'torchscript'"),
+        ("data.val_fraction", 0 < cfg.data.val_fraction < 0.5, "between 0 and 0.5"),
+        ("data.test_fraction", 0 < cfg.data.test_fraction < 0.5, "between 0 and 0.5"),
+        ("seed", cfg.seed >= 0, ">= 0"),
+    ]
+    for key, ok, want in rules:
+        if not ok:
+            value = cfg.seed if key == "seed" else getattr(getattr(cfg, key.split(".")[0]), key.split(".")[1])
+            raise ConfigError(f"config key {key!r} = {value!r} is invalid; it must be {want}")
+    cfg.train.train_config(cfg.seed)  # TrainConfig's own checks (optimizer name, ranges)
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read a YAML config file (missing keys take their defaults)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"config file {path} is not valid YAML{where}") from None
+    if data is not None and not isinstance(data, Mapping):
+        raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
+    return config_from_dict(data)
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> Path:
+    """Atomically write ``cfg`` as YAML (every key, so the file alone reproduces the run)."""
+    return atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,287 @@
+"""``nasforge run``: train a supernet, search its subnets, export the best ones, measure them, report.
+
+Every stage writes into the run folder and can be resumed: training continues from the last epoch's
+checkpoint, the search continues its Optuna journal, and export/measurement are redone (they are cheap and
+overwrite atomically).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from nasforge.config import RunConfig, load_config, save_config
+from nasforge.data import DataSplits, load_data
+from nasforge.errors import ConfigError
+from nasforge.export import export_onnx, measure_latency
+from nasforge.io import atomic_write_json
+from nasforge.nas import SearchResult, TrialRecord, hypervolume_2d, pareto_front, run_search
+from nasforge.progress import ProgressReporter
+from nasforge.supernets import Architecture, Supernet, create_supernet
+from nasforge.supernets.checkpoint import load_supernet, save_checkpoint
+from nasforge.supernets.evaluate import calibrated_subnet, evaluate_arch, resize
+from nasforge.supernets.trainers import get_trainer
+
+__all__ = ["RunSummary", "run_pipeline", "prepare_run_dir", "make_evaluator"]
+
+
+@dataclass
+class RunSummary:
+    """What a finished run produced (also saved as ``summary.json``)."""
+
+    out: Path
+    subnets: list[dict[str, Any]]
+    history: list[dict[str, Any]]
+    search: SearchResult
+    timings: dict[str, float] = field(default_factory=dict)
+    hypervolume: float = 0.0
+    hypervolume_reference: tuple[float, float] = (0.0, 0.0)
+
+
+def prepare_run_dir(out: Path, cfg: RunConfig, resume: bool) -> RunConfig:
+    """Create the run folder, or check it on resume; returns the config the run will use.
+
+    A folder that already holds a run is never overwritten: without ``resume`` that is an error; with it, the
+    saved config is used (only ``search.trials`` may grow).
+    """
+    saved_path = out / "config.yaml"
+    if saved_path.exists() and not resume:
+        raise ConfigError(f"run folder {out} already holds a run; pass --resume to continue it or choose another --out")
+    if resume:
+        if not saved_path.exists():
+            raise ConfigError(f"nothing to resume: {out} has no config.yaml; start the run without --resume")
+        saved = load_config(saved_path)
+        diff = _differences(saved.to_dict(), cfg.with_overrides(search__trials=saved.search.trials).to_dict())
+        if diff:
+            raise ConfigError(f"--resume keeps the run's saved config; these settings differ: {', '.join(diff)}")
+        cfg = saved.with_overrides(search__trials=cfg.search.trials)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, saved_path)
+    return cfg
+
+
+def _differences(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> list[str]:
+    keys = sorted(set(a) | set(b))
+    out: list[str] = []
+    for k in keys:
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, Mapping) and isinstance(vb, Mapping) and k != "options":
+            out.extend(_differences(va, vb, f"{prefix}{k}."))
+        elif va != vb:
+            out.append(f"{prefix}{k} ({va!r} saved, {vb!r} given)")
+    return out
+
+
+def run_pipeline(cfg: RunConfig, out: str | Path, *, resume: bool = False,
+                 reporter: ProgressReporter | None = None) -> RunSummary:
+    """Run every stage of ``nasforge run`` into the folder ``out`` and return the summary."""
+    out = Path(out)
+    reporter = reporter or ProgressReporter(enabled=False)
+    cfg = prepare_run_dir(out, cfg, resume)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    data = load_data(cfg.data.spec, image_size=cfg.data.image_size, seed=cfg.seed,
+                     val_fraction=cfg.data.val_fraction, test_fraction=cfg.data.test_fraction)
+    timings["data_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    net, history = train_stage(cfg, data, out, resume, reporter)
+    timings["train_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    result = search_stage(cfg, net, data, out, reporter)
+    timings["search_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    subnets = export_stage(cfg, net, data, out, result, reporter)
+    timings["export_s"] = time.perf_counter() - t0
+
+    summary = RunSummary(out, subnets, history, result, timings)
+    _mark_front(summary)
+    from nasforge.report import write_report
+
+    write_report(cfg, data, summary)
+    return summary
+
+
+# -- training --------------------------------------------------------------------------------------------------
+def _supernet_options(cfg: RunConfig, data: DataSplits) -> dict[str, Any]:
+    options = {"num_classes": data.num_classes, "in_channels": data.in_channels}
+    options.update(cfg.supernet.options)
+    return options
+
+
+def train_stage(cfg: RunConfig, data: DataSplits, out: Path, resume: bool,
+                reporter: ProgressReporter) -> tuple[Supernet, list[dict[str, Any]]]:
+    """Train the supernet (or load the finished one on resume)."""
+    final = out / "checkpoints" / "supernet.pt"
+    if resume and final.exists():
+        net, state = load_supernet(final)
+        reporter.log(f"training already finished; loaded {final}")
+        return net, list(state.get("history", []))
+    options = _supernet_options(cfg, data)
+    net = create_supernet(cfg.supernet.name, **options)
+    largest = net.space.largest()
+    if net.resolution(largest) > data.image_size:
+        raise ConfigError(
+            f"supernet {cfg.supernet.name!r} wants {net.resolution(largest)}px inputs but data.image_size is "
+            f"{data.image_size}; raise data.image_size or set supernet.options.resolutions"
+        )
+    torch.manual_seed(cfg.seed)
+    net = create_supernet(cfg.supernet.name, **options)
+    tcfg = cfg.train.train_config(cfg.seed)
+    trainer = get_trainer(cfg.train.trainer, tcfg)
+    with reporter.task("train", total=tcfg.epochs) as task:
+        def on_epoch(rec: dict[str, Any]) -> None:
+            task.advance(1, f"epoch {rec['epoch']}/{tcfg.epochs}  loss {rec['loss']:.3f}  "
+                            f"val max {rec['val_acc_max']:.3f} min {rec['val_acc_min']:.3f}")
+
+        history = trainer.fit(net, data, supernet_name=cfg.supernet.name, supernet_options=options,
+                              checkpoint_dir=out / "checkpoints", resume=resume, on_epoch=on_epoch)
+    save_checkpoint(final, net, cfg.supernet.name, options, history=history, trainer=trainer.name)
+    atomic_write_json(out / "train_history.json", history)
+    return net, history
+
+
+# -- search ----------------------------------------------------------------------------------------------------
+def make_evaluator(cfg: RunConfig, net: Supernet, data: DataSplits, scratch: Path) -> Callable[[Architecture], dict[str, float]]:
+    """Architecture -> metrics: validation accuracy after BN recalibration, MACs, params and (if an objective
+    or constraint needs it) latency of the exported ONNX model on ``export.backend`` with a short protocol.
+    """
+    wanted = " ".join(cfg.search.objectives + cfg.search.constraints)
+    calib = data.train.x[: cfg.search.calib_images]
+
+    def evaluate(arch: Architecture) -> dict[str, float]:
+        acc, sub = evaluate_arch(net, arch, calib, data.val.x, data.val.y, cfg.search.calib_images)
+        metrics = {"accuracy": acc, "macs": float(net.macs(arch)), "params": float(net.params(arch))}
+        if "latency" in wanted:
+            path = scratch / "trial.onnx"
+            export_onnx(sub, torch.zeros(1, *net.input_shape(arch)), path, exporter="torchscript", atol=1e-3)
+            lat = measure_latency(path, backend=cfg.export.backend, runs=cfg.search.latency_runs,
+                                  warmup=cfg.search.latency_warmup, threads=cfg.export.threads, max_remeasure=1)
+            metrics["latency_ms"] = lat.median_ms
+        return metrics
+
+    return evaluate
+
+
+def search_stage(cfg: RunConfig, net: Supernet, data: DataSplits, out: Path,
+                 reporter: ProgressReporter) -> SearchResult:
+    """Run (or resume) the Optuna study over the trained supernet."""
+    scratch = out / ".scratch"
+    scratch.mkdir(exist_ok=True)
+    storage = cfg.search.storage or str(out / "study.journal")
+    evaluate = make_evaluator(cfg, net, data, scratch)
+    with reporter.task("search", total=cfg.search.trials) as task:
+        def progress(done: int, total: int, rec: TrialRecord) -> None:
+            shown = "  ".join(f"{k} {v:.4g}" for k, v in rec.metrics.items() if k in cfg.search.objectives)
+            task.update(done, f"trial {rec.number} {rec.state} {shown}")
+
+        result = run_search(net.space, evaluate, objectives=cfg.search.objectives,
+                            constraints=cfg.search.constraints, n_trials=cfg.search.trials,
+                            sampler=cfg.search.sampler, storage=storage, study_name=cfg.search.study,
+                            seed=cfg.seed, progress=progress,
+                            initial=(net.space.largest(), net.space.smallest()))
+    result.to_csv(out / "trials.csv")
+    result.to_json(out / "search.json")
+    if not result.front:
+        raise ConfigError("the search found no feasible architecture; relax search.constraints or add trials")
+    return result
+
+
+# -- export and measurement ------------------------------------------------------------------------------------
+def _pick(front: list[TrialRecord], k: int) -> list[TrialRecord]:
+    if len(front) <= k:
+        return list(front)
+    idx = sorted({round(i * (len(front) - 1) / (k - 1)) for i in range(k)}) if k > 1 else [0]
+    return [front[i] for i in idx]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def export_stage(cfg: RunConfig, net: Supernet, data: DataSplits, out: Path, result: SearchResult,
+                 reporter: ProgressReporter) -> list[dict[str, Any]]:
+    """Export the chosen front subnets to ONNX (parity-checked), measure test accuracy and latency."""
+    chosen = _pick(result.front, cfg.export.max_subnets)
+    chosen.sort(key=lambda r: net.macs(r.arch))
+    ckpt_hash = _sha256(out / "checkpoints" / "supernet.pt")
+    rows = []
+    with reporter.task("export", total=len(chosen)) as task:
+        for k, rec in enumerate(chosen):
+            rows.append(_export_one(cfg, net, data, out / "subnets" / str(k), rec, k, ckpt_hash))
+            task.advance(1, f"subnet {k}: {rows[-1]['latency_ms']['median_ms']:.3f} ms, "
+                            f"test acc {rows[-1]['test_acc']:.3f}")
+    return rows
+
+
+def _export_one(cfg: RunConfig, net: Supernet, data: DataSplits, folder: Path, rec: TrialRecord, k: int,
+                ckpt_hash: str) -> dict[str, Any]:
+    arch = net.space.canonical(rec.arch)
+    r = net.resolution(arch)
+    sub = calibrated_subnet(net, arch, data.train.x[: cfg.search.calib_images], cfg.search.calib_images)
+    metadata = {
+        "architecture": arch.to_json(), "supernet": cfg.supernet.name, "dataset": cfg.data.spec,
+        "resolution": str(r), "normalization_mean": str(list(data.mean)), "normalization_std": str(list(data.std)),
+        "source_checkpoint_sha256": ckpt_hash,
+    }
+    real = [resize(data.val.x[:1], r), resize(data.val.x[1:2], r)]
+    if cfg.export.dynamic_batch:
+        real.append(resize(data.val.x[:16], r))
+    exported = export_onnx(sub, real[0], folder / "model.onnx", opset=cfg.export.opset,
+                           dynamic_batch=cfg.export.dynamic_batch, metadata=metadata, check_inputs=real,
+                           atol=cfg.export.atol, exporter=cfg.export.exporter)
+    test_acc = _onnx_accuracy(folder / "model.onnx", resize(data.test.x, r), data.test.y)
+    with torch.no_grad():
+        test_acc_torch = float((sub(resize(data.test.x, r)).argmax(1) == data.test.y).float().mean())
+    lat = measure_latency(folder / "model.onnx", backend=cfg.export.backend, runs=cfg.export.runs,
+                          warmup=cfg.export.warmup, threads=cfg.export.threads)
+    row = {
+        "subnet": k, "trial": rec.number, "arch": arch.to_dict(), "resolution": r,
+        "val_acc": float(rec.metrics["accuracy"]), "test_acc": test_acc, "test_acc_torch": test_acc_torch,
+        "macs": net.macs(arch), "params": net.params(arch), "max_abs_diff": exported.max_abs_diff,
+        "parity_inputs": exported.parity_inputs, "latency_ms": lat.to_dict(), "onnx": "model.onnx",
+    }
+    atomic_write_json(folder / "arch.json", arch.to_dict())
+    atomic_write_json(folder / "metrics.json", row)
+    return row
+
+
+def _onnx_accuracy(path: Path, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Top-1 accuracy of the exported model in onnxruntime (what actually ships)."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    inp = sess.get_inputs()[0]
+    fixed = isinstance(inp.shape[0], int)
+    batch = 1 if fixed and inp.shape[0] == 1 else 64
+    preds = []
+    xs = x.numpy().astype(np.float32)
+    for i in range(0, len(xs), batch):
+        preds.append(sess.run(None, {inp.name: xs[i : i + batch]})[0].argmax(1))
+    return float((np.concatenate(preds) == y.numpy()).mean())
+
+
+def _mark_front(summary: RunSummary) -> None:
+    """Flag the subnets that are Pareto-optimal in (validation accuracy, measured median latency)."""
+    if not summary.subnets:
+        return
+    pts = np.array([[s["val_acc"], s["latency_ms"]["median_ms"]] for s in summary.subnets], dtype=float)
+    front = set(pareto_front(pts, ["maximize", "minimize"]).tolist())
+    for i, s in enumerate(summary.subnets):
+        s["on_front"] = i in front
+    ref = (0.0, float(pts[:, 1].max()) * 1.1)
+    summary.hypervolume = hypervolume_2d(pts[sorted(front)], ["maximize", "minimize"], ref)
+    summary.hypervolume_reference = ref

@@ -1,0 +1,135 @@
+"""The run folder's human-facing outputs: ``pareto.csv``, ``pareto.png``, ``report.md`` and ``summary.json``."""
+
+from __future__ import annotations
+
+import csv
+import io
+import platform
+import sys
+from typing import TYPE_CHECKING, Any
+
+from nasforge._version import __version__
+from nasforge.io import atomic_write_json, atomic_write_text
+from nasforge.nas import plot_pareto
+
+if TYPE_CHECKING:
+    from nasforge.config import RunConfig
+    from nasforge.data import DataSplits
+    from nasforge.pipeline import RunSummary
+
+__all__ = ["write_report", "summary_rows", "print_summary"]
+
+_COLUMNS = ["subnet", "on_front", "val_acc", "test_acc", "latency_p50_ms", "latency_p90_ms", "latency_cv", "macs",
+            "params", "resolution", "max_abs_diff", "trial", "arch"]
+
+
+def summary_rows(summary: RunSummary) -> list[dict[str, Any]]:
+    """One flat row per exported subnet (the columns of ``pareto.csv``)."""
+    import json
+
+    rows = []
+    for s in summary.subnets:
+        lat = s["latency_ms"]
+        rows.append({
+            "subnet": s["subnet"], "on_front": s.get("on_front", False), "val_acc": round(s["val_acc"], 4),
+            "test_acc": round(s["test_acc"], 4), "latency_p50_ms": round(lat["median_ms"], 4),
+            "latency_p90_ms": round(lat["p90_ms"], 4), "latency_cv": round(lat["cv"], 3), "macs": s["macs"],
+            "params": s["params"], "resolution": s["resolution"], "max_abs_diff": f"{s['max_abs_diff']:.2e}",
+            "trial": s["trial"], "arch": json.dumps(s["arch"], separators=(",", ":")),
+        })
+    return rows
+
+
+def write_report(cfg: RunConfig, data: DataSplits, summary: RunSummary) -> None:
+    """Write ``pareto.csv``, ``pareto.png``, ``summary.json`` and ``report.md`` into the run folder."""
+    out = summary.out
+    rows = summary_rows(summary)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(out / "pareto.csv", buf.getvalue())
+    _plot(cfg, summary)
+    atomic_write_json(out / "summary.json", {
+        "nasforge_version": __version__, "subnets": summary.subnets, "timings_s": summary.timings,
+        "hypervolume": summary.hypervolume, "hypervolume_reference": list(summary.hypervolume_reference),
+        "trials": len(summary.search.trials), "final_epoch": summary.history[-1] if summary.history else None,
+    })
+    atomic_write_text(out / "report.md", _markdown(cfg, data, summary, rows))
+
+
+def _plot(cfg: RunConfig, summary: RunSummary) -> None:
+    front = [s for s in summary.subnets if s.get("on_front")]
+    points = [{"latency_ms": s["latency_ms"]["median_ms"], "accuracy": s["val_acc"]} for s in summary.subnets]
+    front_pts = [{"latency_ms": s["latency_ms"]["median_ms"], "accuracy": s["val_acc"]} for s in front]
+    trials = [t.metrics for t in summary.search.trials if "latency_ms" in t.metrics]
+    plot_pareto(
+        trials + points, front_pts, "latency_ms", "accuracy", summary.out / "pareto.png",
+        title=f"{cfg.supernet.name} on {cfg.data.spec}: accuracy vs {cfg.export.backend} latency",
+        xlabel=f"median latency, batch 1 ({cfg.export.backend}, {cfg.export.threads} thread(s)) [ms]",
+        ylabel="validation accuracy (BN recalibrated)", annotate=[f"#{s['subnet']}" for s in front],
+    )
+
+
+def _fmt_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for r in rows:
+        lines.append("| " + " | ".join(str(r[c]) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def _markdown(cfg: RunConfig, data: DataSplits, summary: RunSummary, rows: list[dict[str, Any]]) -> str:
+    last = summary.history[-1] if summary.history else {}
+    t = summary.timings
+    best = max(summary.subnets, key=lambda s: s["test_acc"])
+    macs = [s["macs"] for s in summary.subnets if s.get("on_front")]
+    cols = ["subnet", "on_front", "val_acc", "test_acc", "latency_p50_ms", "latency_p90_ms", "macs", "params",
+            "resolution", "max_abs_diff"]
+    sizes = data.describe().get("sizes", {})
+    return f"""# nasforge run report
+
+- nasforge {__version__}, Python {sys.version.split()[0]}, {platform.machine()}
+- data: `{cfg.data.spec}` ({data.image_size}px, {data.num_classes} classes; train/val/test =
+  {sizes.get('train')}/{sizes.get('val')}/{sizes.get('test')}), seed {cfg.seed}
+- supernet: `{cfg.supernet.name}`, trainer `{cfg.train.trainer}`, {cfg.train.epochs} epochs; final epoch:
+  largest subnet val acc {last.get('val_acc_max', float('nan')):.4f}, smallest {last.get('val_acc_min', float('nan')):.4f}
+- search: {len(summary.search.trials)} trials, sampler `{cfg.search.sampler}`, objectives
+  {', '.join(cfg.search.objectives)}{', constraints ' + ', '.join(cfg.search.constraints) if cfg.search.constraints else ''}
+- time: data {t.get('data_s', 0):.1f} s, train {t.get('train_s', 0):.1f} s, search {t.get('search_s', 0):.1f} s,
+  export+measure {t.get('export_s', 0):.1f} s
+
+## Exported subnets
+
+Accuracy is measured after BN recalibration; `test_acc` is the exported ONNX model's accuracy in onnxruntime.
+Latency: `{cfg.export.backend}`, batch 1, {cfg.export.threads} thread(s), {cfg.export.warmup} warm-up and
+{cfg.export.runs} timed runs. `max_abs_diff` is the ONNX-vs-PyTorch parity check (tolerance {cfg.export.atol}).
+
+{_fmt_table(rows, cols)}
+
+Best test accuracy: subnet {best['subnet']} ({best['test_acc']:.4f}). Front MACs range:
+{min(macs) if macs else 0:,} .. {max(macs) if macs else 0:,} ({(max(macs) / min(macs)) if macs else 0:.1f}x).
+Hypervolume of the (val accuracy, latency) front: {summary.hypervolume:.4f} against the reference point
+(accuracy {summary.hypervolume_reference[0]}, latency {summary.hypervolume_reference[1]:.4f} ms).
+
+![Pareto front](pareto.png)
+
+Each `subnets/<k>/` holds `arch.json`, `model.onnx` (architecture, normalisation and source checkpoint hash in
+its metadata) and `metrics.json`. Reproduce with `nasforge run --config config.yaml --out NEW_DIR`.
+"""
+
+
+def print_summary(summary: RunSummary, console: Any | None = None) -> None:
+    """Print the exported subnets as a table on the terminal."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console(width=None if sys.stdout.isatty() else 120)
+    table = Table(title=f"nasforge run: {summary.out}")
+    for col in ("subnet", "front", "val acc", "test acc", "p50 ms", "p90 ms", "MACs", "params", "res"):
+        table.add_column(col, justify="right")
+    for r in summary_rows(summary):
+        table.add_row(str(r["subnet"]), "*" if r["on_front"] else "", f"{r['val_acc']:.4f}", f"{r['test_acc']:.4f}",
+                      f"{r['latency_p50_ms']:.3f}", f"{r['latency_p90_ms']:.3f}", f"{r['macs']:,}",
+                      f"{r['params']:,}", str(r["resolution"]))
+    console.print(table)
+    console.print(f"report: {summary.out / 'report.md'}  plot: {summary.out / 'pareto.png'}")
