@@ -36,16 +36,20 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint` without unpickling arbitrary objects."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        raise CheckpointError(f"checkpoint {path} {'is a directory' if path.is_dir() else 'does not exist'}")
+    # a damaged pickle stream fails in torch's unpickler with whatever error its opcodes hit first
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    # a damaged pickle stream fails in torch's unpickler with whatever error its opcodes hit first
     except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError, OSError, LookupError,
             AssertionError, TypeError, struct.error) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"checkpoint {path} is corrupt or not a nasforge checkpoint ({first[:160]})") from None
+        raise CheckpointError(f"checkpoint {path} is corrupt or not a nasforge checkpoint ({type(exc).__name__} "
+                              "while reading it); point at another file or re-create it") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a nasforge supernet checkpoint (expected format {CHECKPOINT_FORMAT})")
+    if not (isinstance(state.get("supernet"), str) and isinstance(state.get("model"), dict)
+            and isinstance(state.get("supernet_options", {}), dict)):
+        raise CheckpointError(f"checkpoint {path} is damaged: it needs a 'supernet' name, 'supernet_options' and a "
+                              "'model' state dict")
     return state
 
 

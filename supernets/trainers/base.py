@@ -174,9 +174,10 @@ class Trainer(ABC):
         try:
             net.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as exc:
+            epoch, history = int(state["epoch"]), list(state.get("history", []))
+        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
             raise CheckpointError(f"checkpoint {path} does not fit this supernet/config: {str(exc)[:200]}") from None
-        return int(state["epoch"]), list(state.get("history", []))
+        return epoch, history
 
 
 def _optimizer(net: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
