@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = sub.add_parser("run", parents=[common], help="train, search, export and measure on one dataset",
-                         description="The whole pipeline. Defaults: digits, mbv3-small, 10 epochs, 40 trials.")
+                         description="The whole pipeline. Defaults: digits, mbv3-small, 15 epochs, 40 trials.")
     run.add_argument("--config", type=Path, help="YAML config (missing keys take defaults)")
     run.add_argument("--out", type=Path, help="run folder (default: runs/run-<timestamp>)")
     run.add_argument("--epochs", type=int, help="override train.epochs")

@@ -55,7 +55,7 @@ class TrainSection:
     """Trainer name plus the shared loop's hyper-parameters (:class:`TrainConfig`)."""
 
     trainer: str = "sandwich"
-    epochs: int = 10
+    epochs: int = 15
     batch_size: int = 64
     optimizer: str = "sgd"
     lr: float = 0.1

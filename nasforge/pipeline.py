@@ -8,6 +8,7 @@ overwrite atomically).
 from __future__ import annotations
 
 import hashlib
+import shutil
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -46,7 +47,7 @@ class RunSummary:
 
 
 def prepare_run_dir(out: Path, cfg: RunConfig, resume: bool) -> RunConfig:
-    """Create the run folder, or check it on resume; returns the config the run will use.
+    """Check the run folder (nothing is written); returns the config the run will use.
 
     A folder that already holds a run is never overwritten: without ``resume`` that is an error; with it, the
     saved config is used (only ``search.trials`` may grow).
@@ -62,8 +63,6 @@ def prepare_run_dir(out: Path, cfg: RunConfig, resume: bool) -> RunConfig:
         if diff:
             raise ConfigError(f"--resume keeps the run's saved config; these settings differ: {', '.join(diff)}")
         cfg = saved.with_overrides(search__trials=cfg.search.trials)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, saved_path)
     return cfg
 
 
@@ -90,6 +89,10 @@ def run_pipeline(cfg: RunConfig, out: str | Path, *, resume: bool = False,
     data = load_data(cfg.data.spec, image_size=cfg.data.image_size, seed=cfg.seed,
                      val_fraction=cfg.data.val_fraction, test_fraction=cfg.data.test_fraction)
     timings["data_s"] = time.perf_counter() - t0
+    check_supernet(cfg, data)
+    # Written only once the config, data and supernet are known to be good, so a typo leaves no half-made run behind.
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
 
     t0 = time.perf_counter()
     net, history = train_stage(cfg, data, out, resume, reporter)
@@ -112,6 +115,17 @@ def run_pipeline(cfg: RunConfig, out: str | Path, *, resume: bool = False,
 
 
 # -- training --------------------------------------------------------------------------------------------------
+def check_supernet(cfg: RunConfig, data: DataSplits) -> None:
+    """Fail early (before anything is written) if the supernet cannot be built for this data."""
+    net = create_supernet(cfg.supernet.name, **_supernet_options(cfg, data))
+    largest = net.resolution(net.space.largest())
+    if largest > data.image_size:
+        raise ConfigError(
+            f"supernet {cfg.supernet.name!r} wants {largest}px inputs but data.image_size is {data.image_size}; "
+            "raise data.image_size or set supernet.options.resolutions"
+        )
+
+
 def _supernet_options(cfg: RunConfig, data: DataSplits) -> dict[str, Any]:
     options = {"num_classes": data.num_classes, "in_channels": data.in_channels}
     options.update(cfg.supernet.options)
@@ -127,13 +141,6 @@ def train_stage(cfg: RunConfig, data: DataSplits, out: Path, resume: bool,
         reporter.log(f"training already finished; loaded {final}")
         return net, list(state.get("history", []))
     options = _supernet_options(cfg, data)
-    net = create_supernet(cfg.supernet.name, **options)
-    largest = net.space.largest()
-    if net.resolution(largest) > data.image_size:
-        raise ConfigError(
-            f"supernet {cfg.supernet.name!r} wants {net.resolution(largest)}px inputs but data.image_size is "
-            f"{data.image_size}; raise data.image_size or set supernet.options.resolutions"
-        )
     torch.manual_seed(cfg.seed)
     net = create_supernet(cfg.supernet.name, **options)
     tcfg = cfg.train.train_config(cfg.seed)
@@ -189,6 +196,7 @@ def search_stage(cfg: RunConfig, net: Supernet, data: DataSplits, out: Path,
                             sampler=cfg.search.sampler, storage=storage, study_name=cfg.search.study,
                             seed=cfg.seed, progress=progress,
                             initial=(net.space.largest(), net.space.smallest()))
+    shutil.rmtree(scratch, ignore_errors=True)
     result.to_csv(out / "trials.csv")
     result.to_json(out / "search.json")
     if not result.front:

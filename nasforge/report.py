@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import platform
 import sys
 from typing import TYPE_CHECKING, Any
@@ -25,8 +26,6 @@ _COLUMNS = ["subnet", "on_front", "val_acc", "test_acc", "latency_p50_ms", "late
 
 def summary_rows(summary: RunSummary) -> list[dict[str, Any]]:
     """One flat row per exported subnet (the columns of ``pareto.csv``)."""
-    import json
-
     rows = []
     for s in summary.subnets:
         lat = s["latency_ms"]

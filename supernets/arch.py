@@ -259,7 +259,7 @@ class SearchSpace:
         shape = "an int" if d.is_scalar else f"a list of {d.length} ints"
         return f"{shape}, each one of {d.choices}"
 
-    def canonical(self, arch: Architecture | Mapping[str, Any]) -> Architecture:
+    def canonical(self, arch: Architecture | Mapping[str, Any] | str) -> Architecture:
         """Validated copy in which inactive blocks hold their dimension's largest choice."""
         arch = self.validate(arch)
         changes: dict[str, tuple[int, ...]] = {}

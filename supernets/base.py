@@ -40,7 +40,7 @@ class Supernet(nn.Module, ABC):
 
     def set_active(self, arch: Architecture | Mapping[str, Any] | str) -> Architecture:
         """Make ``arch`` (validated against :attr:`space`) the active subnet and return it canonicalised."""
-        arch = self.space.canonical(arch if not isinstance(arch, str) else self.space.validate(arch))
+        arch = self.space.canonical(arch)
         self._apply(arch)
         self._active = arch
         return arch

@@ -331,7 +331,7 @@ DIGITS_CONFIG = MBV3Config(
         Stage(48, 1, "hswish", True),
         Stage(64, 2, "hswish", True),
     ),
-    resolutions=(12, 14, 16),
+    resolutions=(8, 10, 12, 14, 16),
     final_expand_width=256,
     feature_width=256,
     dropout=0.1,
@@ -340,7 +340,7 @@ DIGITS_CONFIG = MBV3Config(
 
 @register_supernet("mbv3-small", "elastic MobileNetV3 for small images (default: 1x16x16 digits, 10 classes)")
 def mbv3_small(**overrides: Any) -> ElasticMobileNetV3:
-    """Small-image member: stem stride 1, four elastic units, resolutions 12..16."""
+    """Small-image member: stem stride 1, four elastic units, resolutions 8..16."""
     return _member("mbv3-small", DIGITS_CONFIG, overrides)
 
 

@@ -76,3 +76,19 @@ def test_unknown_config_key_exit_2(tmp_path: Path) -> None:
     res = run_cli("run", "--config", "c.yaml", "--out", "r", cwd=tmp_path)
     assert res.returncode == 2 and "epochz" in res.stderr and "Traceback" not in res.stderr
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("spec", ["folder:does-not-exist", "cifar10:nowhere", "imagenet", "digits?bogus=1"])
+def test_bad_data_spec_exit_2_and_nothing_written(tmp_path: Path, spec: str) -> None:
+    (tmp_path / "c.yaml").write_text(f"data:\n  spec: '{spec}'\n")
+    res = run_cli("run", "--config", "c.yaml", "--out", "r", "--quiet", cwd=tmp_path)
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "r").exists()
+
+
+def test_bad_supernet_option_exit_2_and_nothing_written(tmp_path: Path) -> None:
+    (tmp_path / "c.yaml").write_text("supernet:\n  options: {stem_widht: 8}\n")
+    res = run_cli("run", "--config", "c.yaml", "--out", "r", "--quiet", cwd=tmp_path)
+    assert res.returncode == 2 and "stem_widht" in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "r").exists()
