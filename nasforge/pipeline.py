@@ -147,7 +147,7 @@ def train_stage(cfg: RunConfig, data: DataSplits, out: Path, resume: bool,
     trainer = get_trainer(cfg.train.trainer, tcfg)
     with reporter.task("train", total=tcfg.epochs) as task:
         def on_epoch(rec: dict[str, Any]) -> None:
-            task.advance(1, f"epoch {rec['epoch']}/{tcfg.epochs}  loss {rec['loss']:.3f}  "
+            task.update(rec["epoch"], f"epoch {rec['epoch']}/{tcfg.epochs}  loss {rec['loss']:.3f}  "
                             f"val max {rec['val_acc_max']:.3f} min {rec['val_acc_min']:.3f}")
 
         history = trainer.fit(net, data, supernet_name=cfg.supernet.name, supernet_options=options,

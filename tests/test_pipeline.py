@@ -118,3 +118,28 @@ def test_resume_with_other_settings_or_corrupt_checkpoint_fails_cleanly(quick_ru
 def test_resume_of_missing_run_fails(tmp_path: Path) -> None:
     res = run_cli("run", "--resume", "--out", "nothing-here", cwd=tmp_path)
     assert res.returncode == 2 and "nothing to resume" in res.stderr
+
+
+@pytest.mark.slow
+def test_sigkill_mid_training_then_resume_finishes(tmp_path: Path) -> None:
+    import os
+    import signal
+    import time
+
+    (tmp_path / "c.yaml").write_text("train: {epochs: 2}\nsearch: {trials: 2, objectives: [accuracy, macs]}\n")
+    args = [sys.executable, "-m", "nasforge", "run", "--config", "c.yaml", "--out", "run", "--quiet"]
+    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    deadline = time.monotonic() + 240
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert last.exists(), "no epoch checkpoint appeared"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "run" / "checkpoints" / "supernet.pt").exists(), "training finished before the kill"
+    res = run_cli("run", "--config", "c.yaml", "--out", "run", "--resume", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    history = json.loads((tmp_path / "run" / "train_history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert "[train 1/2]" not in res.stderr and "[train 2/2]" in res.stderr  # only epoch 2 ran again
+    assert any((tmp_path / "run" / "subnets").iterdir())
