@@ -150,8 +150,12 @@ def train_stage(cfg: RunConfig, data: DataSplits, out: Path, resume: bool,
             task.update(rec["epoch"], f"epoch {rec['epoch']}/{tcfg.epochs}  loss {rec['loss']:.3f}  "
                             f"val max {rec['val_acc_max']:.3f} min {rec['val_acc_min']:.3f}")
 
+        def on_step(step: int, steps: int, epoch: int) -> None:
+            task.update(epoch + step / steps, log=False)
+
         history = trainer.fit(net, data, supernet_name=cfg.supernet.name, supernet_options=options,
-                              checkpoint_dir=out / "checkpoints", resume=resume, on_epoch=on_epoch)
+                              checkpoint_dir=out / "checkpoints", resume=resume, on_epoch=on_epoch,
+                              on_step=on_step)
     save_checkpoint(final, net, cfg.supernet.name, options, history=history, trainer=trainer.name)
     atomic_write_json(out / "train_history.json", history)
     return net, history

@@ -14,14 +14,18 @@ class TaskHandle:
 
     def __init__(self, reporter: ProgressReporter, name: str, total: int, task_id: Any) -> None:
         self._reporter, self._name, self._total, self._id = reporter, name, total, task_id
-        self.completed = 0
+        self.completed: float = 0
+        self.status = ""
 
     def advance(self, steps: int = 1, status: str = "") -> None:
         self.update(self.completed + steps, status)
 
-    def update(self, completed: int, status: str = "") -> None:
+    def update(self, completed: float, status: str | None = None, log: bool = True) -> None:
+        """Move the bar to ``completed``; ``log=False`` redraws a live bar but prints no line otherwise."""
         self.completed = completed
-        self._reporter._render(self, status)
+        if status is not None:
+            self.status = status
+        self._reporter._render(self, self.status, log)
 
 
 class ProgressReporter:
@@ -60,10 +64,10 @@ class ProgressReporter:
             yield TaskHandle(self, name, total, task_id)
         self._progress = None
 
-    def _render(self, handle: TaskHandle, status: str) -> None:
+    def _render(self, handle: TaskHandle, status: str, log: bool) -> None:
         if not self.enabled:
             return
         if self.console.is_terminal and self._progress is not None:
             self._progress.update(handle._id, completed=handle.completed, status=status)
-        else:
-            self.console.print(f"[{handle._name} {handle.completed}/{handle._total}] {status}", highlight=False, markup=False)
+        elif log:
+            self.console.print(f"[{handle._name} {handle.completed:g}/{handle._total}] {status}", highlight=False, markup=False)

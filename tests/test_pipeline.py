@@ -20,7 +20,7 @@ from nasforge.export import read_metadata
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "nasforge", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=600)
+                          timeout=300)
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ from nasforge.supernets.evaluate import evaluate_arch, resize
 __all__ = ["TrainConfig", "Trainer", "register_trainer", "list_trainers", "get_trainer", "EpochCallback", "StepCallback"]
 
 EpochCallback = Callable[[dict[str, Any]], None]
-StepCallback = Callable[[int, int], None]
+StepCallback = Callable[[int, int, int], None]  # (step in epoch, steps per epoch, epoch index)
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,7 @@ class Trainer(ABC):
                         group["lr"] = lr
                     losses.append(self._step(net, opt, x, y, rng, epoch))
                     if on_step:
-                        on_step(i + 1, steps_per_epoch)
+                        on_step(i + 1, steps_per_epoch, epoch)
             record = {"epoch": epoch + 1, "loss": sum(losses) / max(1, len(losses)), "lr": opt.param_groups[0]["lr"]}
             record.update(self.validate(net, data))
             history.append(record)

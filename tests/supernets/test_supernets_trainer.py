@@ -48,7 +48,7 @@ def straight_run(tiny_digits, tmp_path_factory, make_tiny_net):
         net = make_tiny_net(0)
         steps: list[tuple[int, int]] = []
         history = _fit(net, tiny_digits, TrainConfig(**CFG), checkpoint_dir=ckpt_dir,
-                       on_step=lambda i, n: steps.append((i, n)))
+                       on_step=lambda i, n, e: steps.append((i, n)))
     finally:
         torch.set_num_threads(threads)
     return net, history, ckpt_dir, steps
@@ -122,7 +122,7 @@ def test_resume_of_a_finished_run_trains_nothing(straight_run, tiny_digits, make
     net = make_tiny_net(5)
     steps: list[int] = []
     history = _fit(net, tiny_digits, TrainConfig(**CFG), checkpoint_dir=ckpt_dir, resume=True,
-                   on_step=lambda i, n: steps.append(i))
+                   on_step=lambda i, n, e: steps.append(i))
     assert steps == [] and history == history_a
     _assert_same_state(net, net_a)
 
