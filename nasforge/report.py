@@ -7,10 +7,11 @@ import io
 import json
 import platform
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nasforge._version import __version__
-from nasforge.io import atomic_write_json, atomic_write_text
+from nasforge.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from nasforge.nas import plot_pareto
 
 if TYPE_CHECKING:
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
     from nasforge.data import DataSplits
     from nasforge.pipeline import RunSummary
 
-__all__ = ["write_report", "summary_rows", "print_summary"]
+__all__ = ["write_report", "summary_rows", "print_summary", "plot_training"]
 
 _COLUMNS = ["subnet", "on_front", "val_acc", "test_acc", "latency_p50_ms", "latency_p90_ms", "latency_cv", "macs",
             "params", "resolution", "max_abs_diff", "trial", "arch"]
@@ -49,6 +50,8 @@ def write_report(cfg: RunConfig, data: DataSplits, summary: RunSummary) -> None:
     writer.writerows(rows)
     atomic_write_text(out / "pareto.csv", buf.getvalue())
     _plot(cfg, summary)
+    if summary.history:
+        plot_training(summary.history, out / "training.png")
     atomic_write_json(out / "summary.json", {
         "nasforge_version": __version__, "subnets": summary.subnets, "timings_s": summary.timings,
         "hypervolume": summary.hypervolume, "hypervolume_reference": list(summary.hypervolume_reference),
@@ -68,6 +71,31 @@ def _plot(cfg: RunConfig, summary: RunSummary) -> None:
         xlabel=f"median latency, batch 1 ({cfg.export.backend}, {cfg.export.threads} thread(s)) [ms]",
         ylabel="validation accuracy (BN recalibrated)", annotate=[f"#{s['subnet']}" for s in front],
     )
+
+
+def plot_training(history: list[dict[str, Any]], path: Path) -> Path:
+    """Training loss and the corner subnets' validation accuracy per epoch, as a PNG (written atomically)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    epochs = [h["epoch"] for h in history]
+    fig = Figure(figsize=(8, 3.4), dpi=100)
+    canvas = FigureCanvasAgg(fig)
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    loss_ax.plot(epochs, [h["loss"] for h in history], marker="o", color="tab:blue")
+    loss_ax.set(xlabel="epoch", ylabel="summed sandwich loss per step", title="training loss")
+    for key, label, color in (("val_acc_max", "largest subnet", "tab:red"), ("val_acc_min", "smallest subnet", "tab:green")):
+        acc_ax.plot(epochs, [h[key] for h in history], marker="o", label=label, color=color)
+    acc_ax.set(xlabel="epoch", ylabel="validation accuracy", title="corner subnets (BN recalibrated)")
+    acc_ax.legend(loc="lower right")
+    for ax in (loss_ax, acc_ax):
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.tight_layout()
+    buf = io.BytesIO()
+    canvas.print_png(buf)
+    return atomic_write_bytes(path, buf.getvalue())
 
 
 def _fmt_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
@@ -111,6 +139,8 @@ Hypervolume of the (val accuracy, latency) front: {summary.hypervolume:.4f} agai
 (accuracy {summary.hypervolume_reference[0]}, latency {summary.hypervolume_reference[1]:.4f} ms).
 
 ![Pareto front](pareto.png)
+
+![Training](training.png)
 
 Each `subnets/<k>/` holds `arch.json`, `model.onnx` (architecture, normalisation and source checkpoint hash in
 its metadata) and `metrics.json`. Reproduce with `nasforge run --config config.yaml --out NEW_DIR`.

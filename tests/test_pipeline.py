@@ -40,9 +40,10 @@ def _rows(path: Path) -> list[dict[str, str]]:
 @pytest.mark.slow
 def test_run_folder_contents(quick_run: Path) -> None:
     for name in ("config.yaml", "checkpoints/supernet.pt", "checkpoints/last.pt", "study.journal", "trials.csv",
-                 "pareto.csv", "pareto.png", "report.md", "summary.json", "train_history.json"):
+                 "pareto.csv", "pareto.png", "training.png", "report.md", "summary.json", "train_history.json"):
         assert (quick_run / name).is_file(), name
-    assert (quick_run / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for png in ("pareto.png", "training.png"):
+        assert (quick_run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert load_config(quick_run / "config.yaml") == RunConfig().with_overrides(train__epochs=1, search__trials=4)
     assert len(_rows(quick_run / "trials.csv")) == 4
     assert "## Exported subnets" in (quick_run / "report.md").read_text()
@@ -131,11 +132,14 @@ def test_sigkill_mid_training_then_resume_finishes(tmp_path: Path) -> None:
     proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = tmp_path / "run" / "checkpoints" / "last.pt"
     deadline = time.monotonic() + 240
-    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert last.exists(), "no epoch checkpoint appeared"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    try:
+        while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert last.exists(), "no epoch checkpoint appeared"
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
     assert not (tmp_path / "run" / "checkpoints" / "supernet.pt").exists(), "training finished before the kill"
     res = run_cli("run", "--config", "c.yaml", "--out", "run", "--resume", cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
