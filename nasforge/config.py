@@ -14,7 +14,7 @@ import yaml
 
 from nasforge.errors import ConfigError
 from nasforge.io import atomic_write_text
-from nasforge.supernets.trainers import TrainConfig
+from nasforge.supernets.trainers import TrainConfig, TrainHyperparams
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -51,24 +51,14 @@ class SupernetSection:
 
 
 @dataclass(frozen=True)
-class TrainSection:
-    """Trainer name plus the shared loop's hyper-parameters (:class:`TrainConfig`)."""
+class TrainSection(TrainHyperparams):
+    """The training loop's hyper-parameters (:class:`TrainHyperparams`) and which trainer runs them."""
 
     trainer: str = "sandwich"
-    epochs: int = 15
-    batch_size: int = 64
-    optimizer: str = "sgd"
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-5
-    warmup_epochs: int = 1
-    label_smoothing: float = 0.1
-    num_random: int = 2
-    kd_weight: float = 1.0
-    calib_images: int = 500
 
     def train_config(self, seed: int) -> TrainConfig:
-        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "trainer"}
+        """The :class:`TrainConfig` of this section with the run's seed."""
+        values = {f.name: getattr(self, f.name) for f in fields(TrainHyperparams)}
         return TrainConfig(seed=seed, **values)
 
 
@@ -175,7 +165,11 @@ def _reject_unknown(data: Mapping[str, Any], allowed: set[str], prefix: str) -> 
 def _build_section(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
     defaults = cls()
     _reject_unknown(data, {f.name for f in fields(cls)}, prefix)
-    return cls(**{k: _coerce(f"{prefix}.{k}", v, getattr(defaults, k)) for k, v in data.items()})
+    values = {k: _coerce(f"{prefix}.{k}", v, getattr(defaults, k)) for k, v in data.items()}
+    try:
+        return cls(**values)
+    except ConfigError as exc:
+        raise ConfigError(f"config section {prefix!r}: {exc}") from None
 
 
 def _coerce(key: str, value: Any, default: Any) -> Any:
@@ -210,9 +204,6 @@ _TYPE_NAMES = {bool: "true/false", int: "an integer", float: "a number", tuple: 
 
 def _check_values(cfg: RunConfig) -> None:
     rules = [
-        ("train.epochs", cfg.train.epochs >= 1, ">= 1"),
-        ("train.batch_size", cfg.train.batch_size >= 1, ">= 1"),
-        ("train.lr", cfg.train.lr > 0, "> 0"),
         ("search.trials", cfg.search.trials >= 1, ">= 1"),
         ("search.objectives", len(cfg.search.objectives) in (1, 2, 3), "1 to 3 objectives"),
         ("search.latency_runs", cfg.search.latency_runs >= 1, ">= 1"),
@@ -229,7 +220,6 @@ def _check_values(cfg: RunConfig) -> None:
         if not ok:
             value = cfg.seed if key == "seed" else getattr(getattr(cfg, key.split(".")[0]), key.split(".")[1])
             raise ConfigError(f"config key {key!r} = {value!r} is invalid; it must be {want}")
-    cfg.train.train_config(cfg.seed)  # TrainConfig's own checks (optimizer name, ranges)
 
 
 def load_config(path: str | Path) -> RunConfig:

@@ -55,7 +55,7 @@ def test_space_describe_reads_arch_file(tmp_path: Path, capsys: pytest.CaptureFi
         (["space", "describe", "mbv3-small", "--arch", "missing.json"], "does not exist"),
         (["run", "--config", "missing.yaml"], "does not exist"),
         (["run", "--resume"], "--out"),
-        (["run", "--epochs", "0", "--out", "x"], "train.epochs"),
+        (["run", "--epochs", "0", "--out", "x"], "epochs=0"),
     ],
 )
 def test_bad_input_gives_one_line_and_exit_2(args: list[str], needle: str, tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from nasforge.supernets.trainers.base import (
     TrainConfig,
     Trainer,
+    TrainHyperparams,
     get_trainer,
     list_trainers,
     register_trainer,
@@ -12,6 +13,7 @@ from nasforge.supernets.trainers.sandwich import SandwichTrainer, soft_cross_ent
 __all__ = [
     "SandwichTrainer",
     "TrainConfig",
+    "TrainHyperparams",
     "Trainer",
     "get_trainer",
     "list_trainers",

@@ -23,37 +23,30 @@ from nasforge.supernets.base import Supernet
 from nasforge.supernets.checkpoint import load_checkpoint, save_checkpoint
 from nasforge.supernets.evaluate import evaluate_arch, resize
 
-__all__ = ["TrainConfig", "Trainer", "register_trainer", "list_trainers", "get_trainer", "EpochCallback", "StepCallback"]
+__all__ = ["TrainConfig", "TrainHyperparams", "Trainer", "register_trainer", "list_trainers", "get_trainer", "EpochCallback", "StepCallback"]
 
 EpochCallback = Callable[[dict[str, Any]], None]
 StepCallback = Callable[[int, int, int], None]  # (step in epoch, steps per epoch, epoch index)
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """Hyper-parameters of the shared training loop."""
+class TrainHyperparams:
+    """Hyper-parameters of the shared training loop (everything but the seed); validated on creation."""
 
-    epochs: int = 40
+    epochs: int = 15
     batch_size: int = 64
     optimizer: str = "sgd"
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 5e-5
-    warmup_epochs: int = 2
+    warmup_epochs: int = 1
     label_smoothing: float = 0.1
     num_random: int = 2
     kd_weight: float = 1.0
     calib_images: int = 500
-    seed: int = 0
 
     def __post_init__(self) -> None:
-        ints = ("epochs", "batch_size", "warmup_epochs", "num_random", "calib_images", "seed")
-        reals = ("lr", "momentum", "weight_decay", "label_smoothing", "kd_weight")
-        wrong = [k for k in ints + reals if isinstance(getattr(self, k), bool)
-                 or not isinstance(getattr(self, k), int if k in ints else (int, float))]
-        if wrong:
-            raise ConfigError(f"training value(s) of the wrong type: {', '.join(f'{k}={getattr(self, k)!r}' for k in wrong)}"
-                              f"; {', '.join(ints)} are integers, {', '.join(reals)} are numbers")
+        _check_types(self)
         checks = {
             "epochs": self.epochs >= 1, "batch_size": self.batch_size >= 1, "lr": self.lr > 0,
             "momentum": 0 <= self.momentum < 1,
@@ -65,15 +58,35 @@ class TrainConfig:
         if bad:
             raise ConfigError(f"bad training value(s): {', '.join(f'{k}={getattr(self, k)!r}' for k in bad)}")
         if self.optimizer not in ("sgd", "adamw"):
-            raise ConfigError(f"train.optimizer {self.optimizer!r} is not supported; choose 'sgd' or 'adamw'")
+            raise ConfigError(f"training optimizer {self.optimizer!r} is not supported; choose 'sgd' or 'adamw'")
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
+    def from_dict(cls, data: Mapping[str, Any]) -> Any:
+        """Build from a mapping; unknown keys raise :class:`ConfigError` listing the allowed ones."""
         allowed = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - allowed)
         if unknown:
             raise ConfigError(f"unknown training option(s) {unknown}; allowed: {sorted(allowed)}")
         return cls(**data)
+
+
+def _check_types(obj: Any) -> None:
+    """Each field must have the type of its default (ints exclude bools; floats accept ints)."""
+    wrong = []
+    for f in fields(obj):
+        value, kind = getattr(obj, f.name), type(f.default)
+        ok = isinstance(value, (int, float)) if kind is float else isinstance(value, kind)
+        if isinstance(value, bool) or not ok:
+            wrong.append(f"{f.name}={value!r} (needs {'a number' if kind is float else kind.__name__})")
+    if wrong:
+        raise ConfigError(f"training value(s) of the wrong type: {', '.join(wrong)}")
+
+
+@dataclass(frozen=True)
+class TrainConfig(TrainHyperparams):
+    """What :meth:`Trainer.fit` needs: the hyper-parameters plus the seed of data order, sampling and dropout."""
+
+    seed: int = 0
 
 
 class Trainer(ABC):
