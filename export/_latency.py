@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 import numpy as np
 
 from nasforge.errors import ConfigError
+from nasforge.registry import Registry
 
 if TYPE_CHECKING:
     import torch
@@ -38,7 +39,7 @@ __all__ = [
 ]
 
 _P = TypeVar("_P", bound="type[Profiler]")
-_PROFILERS: dict[str, type[Profiler]] = {}
+_PROFILERS: Registry[type[Profiler]] = Registry("latency backend")
 _VERSIONED = ("numpy", "torch", "onnxruntime", "onnx")
 # CPU features that change which kernels ORT / PyTorch pick (x86 from "flags", Arm from "Features").
 _CPU_FLAGS = frozenset(
@@ -247,21 +248,15 @@ def register_profiler(name: str) -> Callable[[_P], _P]:
     def decorate(cls: _P) -> _P:
         if not (isinstance(cls, type) and issubclass(cls, Profiler)):
             raise ConfigError(f"@register_profiler({name!r}) decorates {cls!r}; decorate a Profiler subclass")
-        if name in _PROFILERS:
-            raise ConfigError(
-                f"profiler {name!r} is already registered ({_PROFILERS[name].__qualname__}); "
-                "choose another name"
-            )
         cls.name = name
-        _PROFILERS[name] = cls
-        return cls
+        return _PROFILERS.add(name, cls)
 
     return decorate
 
 
 def list_profilers() -> list[str]:
     """Names of the registered profilers, sorted."""
-    return sorted(_PROFILERS)
+    return _PROFILERS.names()
 
 
 def get_profiler(name: str, **options: Any) -> Profiler:
@@ -270,9 +265,7 @@ def get_profiler(name: str, **options: Any) -> Profiler:
     Raises:
         ConfigError: no profiler has that name (the message lists the known ones).
     """
-    if name not in _PROFILERS:
-        raise ConfigError(f"unknown latency backend {name!r}; choose one of {list_profilers()}")
-    return _PROFILERS[name](**options)
+    return _PROFILERS.get(name)(**options)
 
 
 def measure_latency(

@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from nasforge.errors import ConfigError
+from nasforge.registry import Registry
 from nasforge.supernets.arch import Architecture, SearchSpace
 
 from ._objectives import Constraint, Objective
@@ -21,7 +22,7 @@ Progress = Callable[[int, int, TrialRecord], None]
 """Called after each trial with ``(trials done, trials wanted, record of the trial just finished)``."""
 
 _SearcherT = TypeVar("_SearcherT", bound="type[Searcher]")
-_REGISTRY: dict[str, type[Searcher]] = {}
+_REGISTRY: Registry[type[Searcher]] = Registry("searcher")
 
 
 class Searcher(ABC):
@@ -79,22 +80,17 @@ def register_searcher(name: str) -> Callable[[_SearcherT], _SearcherT]:
     """
 
     def decorate(cls: _SearcherT) -> _SearcherT:
-        if name in _REGISTRY:
-            raise ConfigError(
-                f"searcher name {name!r} is already registered by {_REGISTRY[name].__qualname__}; pick another name"
-            )
         if not (isinstance(cls, type) and issubclass(cls, Searcher)):
             raise ConfigError(f"@register_searcher({name!r}) needs a Searcher subclass, got {cls!r}")
         cls.name = name
-        _REGISTRY[name] = cls
-        return cls
+        return _REGISTRY.add(name, cls)
 
     return decorate
 
 
 def list_searchers() -> list[str]:
     """Names of the registered searchers, sorted."""
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def get_searcher(name: str, **options: Any) -> Searcher:
@@ -103,6 +99,4 @@ def get_searcher(name: str, **options: Any) -> Searcher:
     Raises:
         ConfigError: if ``name`` is not registered (the message lists the registered names).
     """
-    if name not in _REGISTRY:
-        raise ConfigError(f"unknown searcher {name!r}; choose one of {list_searchers()}")
-    return _REGISTRY[name](**options)
+    return _REGISTRY.get(name)(**options)

@@ -25,6 +25,7 @@ from nasforge.export import export_onnx, measure_latency
 from nasforge.io import atomic_write_json
 from nasforge.nas import SearchResult, TrialRecord, hypervolume_2d, pareto_front, run_search
 from nasforge.progress import ProgressReporter
+from nasforge.report import write_report
 from nasforge.supernets import Architecture, Supernet, create_supernet
 from nasforge.supernets.checkpoint import load_supernet, save_checkpoint
 from nasforge.supernets.evaluate import calibrated_subnet, evaluate_arch, resize
@@ -108,8 +109,6 @@ def run_pipeline(cfg: RunConfig, out: str | Path, *, resume: bool = False,
 
     summary = RunSummary(out, subnets, history, result, timings)
     _mark_front(summary)
-    from nasforge.report import write_report
-
     write_report(cfg, data, summary)
     return summary
 
@@ -141,8 +140,9 @@ def train_stage(cfg: RunConfig, data: DataSplits, out: Path, resume: bool,
         reporter.log(f"training already finished; loaded {final}")
         return net, list(state.get("history", []))
     options = _supernet_options(cfg, data)
-    torch.manual_seed(cfg.seed)
-    net = create_supernet(cfg.supernet.name, **options)
+    with torch.random.fork_rng(devices=[]):  # seeded initial weights without touching the caller's RNG
+        torch.manual_seed(cfg.seed)
+        net = create_supernet(cfg.supernet.name, **options)
     tcfg = cfg.train.train_config(cfg.seed)
     trainer = get_trainer(cfg.train.trainer, tcfg)
     with reporter.task("train", total=tcfg.epochs) as task:

@@ -11,6 +11,7 @@ from typing import Any
 from torch import nn
 
 from nasforge.errors import ConfigError
+from nasforge.registry import Registry
 from nasforge.supernets.arch import Architecture, SearchSpace
 
 __all__ = ["Supernet", "SupernetEntry", "register_supernet", "list_supernets", "get_supernet_entry", "create_supernet"]
@@ -97,16 +98,15 @@ class SupernetEntry:
     description: str
 
 
-_REGISTRY: dict[str, SupernetEntry] = {}
+_REGISTRY: Registry[SupernetEntry] = Registry("supernet")
 
 
 def register_supernet(name: str, description: str = "") -> Callable[[Callable[..., Supernet]], Callable[..., Supernet]]:
     """Decorator registering a factory ``(**overrides) -> Supernet`` under ``name`` (duplicates raise)."""
 
     def deco(factory: Callable[..., Supernet]) -> Callable[..., Supernet]:
-        if name in _REGISTRY:
-            raise ValueError(f"a supernet called {name!r} is already registered")
-        _REGISTRY[name] = SupernetEntry(name, factory, description or (factory.__doc__ or "").strip().split("\n")[0])
+        summary = description or (factory.__doc__ or "").strip().split("\n")[0]
+        _REGISTRY.add(name, SupernetEntry(name, factory, summary))
         return factory
 
     return deco
@@ -115,16 +115,13 @@ def register_supernet(name: str, description: str = "") -> Callable[[Callable[..
 def list_supernets() -> list[str]:
     """Names of all registered supernets."""
     _load_builtin()
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def get_supernet_entry(name: str) -> SupernetEntry:
     """The registry entry called ``name``; :class:`ConfigError` lists the known names otherwise."""
     _load_builtin()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ConfigError(f"unknown supernet {name!r}; known: {', '.join(sorted(_REGISTRY))}") from None
+    return _REGISTRY.get(name)
 
 
 def create_supernet(name: str, **overrides: Any) -> Supernet:

@@ -21,6 +21,7 @@ from typing import Literal
 import numpy as np
 
 from nasforge.errors import DataError
+from nasforge.registry import Registry
 
 __all__ = ["DatasetRequest", "RawDataset", "DatasetEntry", "register_dataset", "list_datasets", "get_dataset"]
 
@@ -127,7 +128,7 @@ class DatasetEntry:
     description: str = field(default="")
 
 
-_REGISTRY: dict[str, DatasetEntry] = {}
+_REGISTRY: Registry[DatasetEntry] = Registry("dataset", missing=DataError)
 
 
 def register_dataset(
@@ -166,10 +167,8 @@ def register_dataset(
     keys = tuple(options)
 
     def decorator(loader: Loader) -> Loader:
-        if name in _REGISTRY:
-            raise ValueError(f"dataset {name!r} is already registered; pick another name")
         doc = (loader.__doc__ or "").strip().splitlines()
-        _REGISTRY[name] = DatasetEntry(name, loader, keys, path, default_image_size, doc[0] if doc else "")
+        _REGISTRY.add(name, DatasetEntry(name, loader, keys, path, default_image_size, doc[0] if doc else ""))
         return loader
 
     return decorator
@@ -177,7 +176,7 @@ def register_dataset(
 
 def list_datasets() -> list[str]:
     """Return the registered dataset names, sorted."""
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def get_dataset(name: str) -> DatasetEntry:
@@ -186,7 +185,4 @@ def get_dataset(name: str) -> DatasetEntry:
     Raises:
         DataError: no dataset has that name; the message lists the known ones.
     """
-    entry = _REGISTRY.get(name)
-    if entry is None:
-        raise DataError(f"unknown dataset {name!r}; known datasets are {list_datasets()}")
-    return entry
+    return _REGISTRY.get(name)

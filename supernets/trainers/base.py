@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from nasforge.errors import CheckpointError, ConfigError
+from nasforge.registry import Registry
 from nasforge.supernets.arch import Architecture, SearchSpace
 from nasforge.supernets.base import Supernet
 from nasforge.supernets.checkpoint import load_checkpoint, save_checkpoint
@@ -212,18 +213,15 @@ def _lr_at(step: int, total: int, warmup_steps: int, base: float) -> float:
     return 0.5 * base * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-_TRAINERS: dict[str, type[Trainer]] = {}
+_TRAINERS: Registry[type[Trainer]] = Registry("trainer")
 
 
 def register_trainer(name: str) -> Callable[[type[Trainer]], type[Trainer]]:
     """Class decorator registering a :class:`Trainer` under ``name`` (duplicates raise)."""
 
     def deco(cls: type[Trainer]) -> type[Trainer]:
-        if name in _TRAINERS:
-            raise ValueError(f"a trainer called {name!r} is already registered")
         cls.name = name
-        _TRAINERS[name] = cls
-        return cls
+        return _TRAINERS.add(name, cls)
 
     return deco
 
@@ -232,12 +230,10 @@ def list_trainers() -> list[str]:
     """Names of the registered trainers."""
     from nasforge.supernets.trainers import sandwich  # noqa: F401  (registers the built-in trainers)
 
-    return sorted(_TRAINERS)
+    return _TRAINERS.names()
 
 
 def get_trainer(name: str, config: TrainConfig) -> Trainer:
     """An instance of the trainer called ``name``."""
-    known = list_trainers()
-    if name not in _TRAINERS:
-        raise ConfigError(f"unknown trainer {name!r}; known: {', '.join(known)}")
-    return _TRAINERS[name](config)
+    list_trainers()
+    return _TRAINERS.get(name)(config)

@@ -447,7 +447,7 @@ def test_register_duplicate_name_raises() -> None:
 
 
 def test_custom_dataset_with_its_own_test_set(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_registry, "_REGISTRY", dict(_registry._REGISTRY))  # keep the real registry clean
+    monkeypatch.setattr(_registry, "_REGISTRY", _registry._REGISTRY.copy())  # keep the real registry clean
     seen: list[DatasetRequest] = []
 
     @register_dataset("tiny", options=("scale",), default_image_size=4)
