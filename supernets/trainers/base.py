@@ -23,6 +23,7 @@ from nasforge.supernets.arch import Architecture, SearchSpace
 from nasforge.supernets.base import Supernet
 from nasforge.supernets.checkpoint import load_checkpoint, save_checkpoint
 from nasforge.supernets.evaluate import evaluate_arch, resize
+from nasforge.supernets.trainers.steps import build_optimizer
 
 __all__ = ["TrainConfig", "TrainHyperparams", "Trainer", "register_trainer", "list_trainers", "get_trainer", "EpochCallback", "StepCallback"]
 
@@ -195,14 +196,7 @@ class Trainer(ABC):
 
 
 def _optimizer(net: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """SGD (Nesterov) or AdamW with no weight decay on batch-norm parameters, biases and kernel transforms."""
-    decay, no_decay = [], []
-    for name, p in net.named_parameters():
-        (no_decay if p.dim() <= 1 or "transforms" in name else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr)
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+    return build_optimizer(net, name=cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
 def _lr_at(step: int, total: int, warmup_steps: int, base: float) -> float:

@@ -1,0 +1,95 @@
+"""One optimisation step over several subnets, shared by the trainers (and timed by ``benchmarks/ofa_step.py``)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager as ContextManager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nasforge.supernets.arch import Architecture
+from nasforge.supernets.base import Supernet
+
+__all__ = ["soft_cross_entropy", "distill_loss", "distill_step", "build_optimizer"]
+
+
+def soft_cross_entropy(logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy against the teacher's softmax (temperature 1), averaged over the batch."""
+    return -(F.softmax(teacher_logits, dim=1) * F.log_softmax(logits, dim=1)).sum(1).mean()
+
+
+def distill_loss(logits: torch.Tensor, targets: torch.Tensor, teacher_logits: torch.Tensor | None,
+                 label_smoothing: float, kd_weight: float) -> torch.Tensor:
+    """``CE_ls(logits, targets) + kd_weight * soft-CE(logits, softmax(teacher))`` (no KD term without a teacher)."""
+    loss = F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
+    if teacher_logits is not None and kd_weight > 0:
+        loss = loss + kd_weight * soft_cross_entropy(logits, teacher_logits)
+    return loss
+
+
+def distill_step(
+    net: Supernet, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+    archs: Sequence[Architecture], teacher: nn.Module | None = None, *, label_smoothing: float = 0.1,
+    kd_weight: float = 1.0, model: nn.Module | None = None, micro_batches: int = 1,
+    no_sync: Callable[[], ContextManager[None]] | None = None, step_seed: int | None = None, first_chunk: int = 0,
+) -> float:
+    """One progressive-shrinking step: the gradients of every subnet in ``archs`` accumulate, then one update.
+
+    The teacher (a separate network, e.g. the trained full net) runs once per micro-batch in train mode under
+    ``no_grad``, as in the Once-for-All reference. ``x`` must already be at the step's resolution.
+
+    Args:
+        net: the supernet (its active subnet is switched for each architecture).
+        model: what is called for the forward pass (``net`` itself, or a DDP wrapper around it).
+        micro_batches: split the batch into this many chunks whose gradients accumulate (the loss of each chunk
+            is scaled by its share of the batch), which is exactly what DDP computes over that many ranks.
+        no_sync: context manager suppressing gradient all-reduce (DDP's ``no_sync``) for every backward
+            except the last one of the step.
+        step_seed: if given, the torch RNG (dropout) is re-seeded per micro-batch from it, so a run is
+            reproducible however the batch is split across processes.
+        first_chunk: global index of this process's first chunk (its rank when each rank holds one chunk).
+
+    Returns:
+        The summed loss of the subnets (mean over the batch).
+    """
+    model = model if model is not None else net
+    optimizer.zero_grad(set_to_none=True)
+    chunks = list(zip(x.chunk(micro_batches), y.chunk(micro_batches), strict=True))
+    total = 0.0
+    n_backward = len(chunks) * len(archs)
+    done = 0
+    for c, (xc, yc) in enumerate(chunks):
+        share = xc.shape[0] / x.shape[0]
+        teacher_logits = None
+        if teacher is not None:
+            teacher.train()
+            with torch.no_grad():
+                teacher_logits = teacher(xc)
+        for i, arch in enumerate(archs):
+            if step_seed is not None:
+                torch.manual_seed(step_seed * 1_000_003 + (first_chunk + c) * 101 + i)
+            net.set_active(arch)
+            done += 1
+            ctx = no_sync() if (no_sync is not None and done < n_backward) else contextlib.nullcontext()
+            with ctx:
+                loss = distill_loss(model(xc), yc, teacher_logits, label_smoothing, kd_weight)
+                (loss * share).backward()
+            total += float(loss.detach()) * share
+    optimizer.step()
+    return total
+
+
+def build_optimizer(net: nn.Module, *, name: str = "sgd", lr: float = 0.1, momentum: float = 0.9,
+                    weight_decay: float = 3e-5) -> torch.optim.Optimizer:
+    """SGD (Nesterov when ``momentum > 0``) or AdamW; no weight decay on BN parameters and biases (the 1-D
+    parameters), as in the Once-for-All reference (whose kernel-transformation matrices do decay)."""
+    decay, no_decay = [], []
+    for p in net.parameters():
+        (no_decay if p.dim() <= 1 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr)
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=momentum > 0)
