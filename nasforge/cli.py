@@ -40,6 +40,32 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress output, only the summary")
     run.set_defaults(func=_cmd_run)
 
+    train = sub.add_parser(
+        "train", parents=[common], help="train a supernet (progressive shrinking, sandwich); torchrun-ready",
+        description="Train SPACE on --data with --trainer and save checkpoints, history and the final supernet in "
+                    "--out. Multi-process: torchrun --nproc_per_node N -m nasforge train ... (gloo on CPU, nccl "
+                    "on GPU; --batch-size is the global batch).")
+    train.add_argument("space", help="supernet / space name (see `nasforge space list`)")
+    train.add_argument("--trainer", default="ps", help="ps (Once-for-All progressive shrinking, default) or sandwich")
+    train.add_argument("--data", default="digits", help="dataset spec: digits, shapes, cifar10:DIR, folder:DIR")
+    train.add_argument("--out", type=Path, help="run folder (default: runs/train-<timestamp>)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--scale", type=float, dest="schedule_scale",
+                       help="multiply every phase's epochs by this (ps; 1.0 = the reference schedule)")
+    train.add_argument("--lr-scale", type=float, dest="lr_scale", help="multiply every phase's learning rate (ps)")
+    train.add_argument("--epochs", type=int, help="epochs (single-phase trainers such as sandwich)")
+    train.add_argument("--lr", type=float, help="peak learning rate (single-phase trainers)")
+    train.add_argument("--batch-size", type=int, dest="batch_size", help="global batch size (default 64)")
+    train.add_argument("--micro-batches", type=int, dest="micro_batches",
+                       help="split each batch into this many gradient-accumulation chunks")
+    train.add_argument("--image-size", type=int, help="stored image size (default: the space's largest resolution)")
+    train.add_argument("--device", default="auto", help="auto (default), cpu, cuda")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="any other training option, e.g. --set weight_decay=1e-4 (repeatable)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
+    train.add_argument("--quiet", action="store_true", help="no progress output")
+    train.set_defaults(func=_cmd_train)
+
     space = sub.add_parser("space", parents=[common], help="list or describe search spaces")
     space_sub = space.add_subparsers(dest="space_command", metavar="ACTION")
     lst = space_sub.add_parser("list", parents=[common], help="registered supernets / spaces")
@@ -87,6 +113,44 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_sets(items: Sequence[str]) -> dict[str, Any]:
+    import yaml
+
+    values: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set needs KEY=VALUE, got {item!r}")
+        try:
+            values[key.strip()] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {item!r}: the value is not valid YAML") from None
+    return values
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    import os
+
+    from nasforge.train import train_supernet
+
+    hyper = _parse_sets(args.set)
+    for key in ("schedule_scale", "lr_scale", "epochs", "lr", "batch_size", "micro_batches"):
+        if getattr(args, key) is not None:
+            hyper[key] = getattr(args, key)
+    if args.out is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("under torchrun, pass --out so that every process writes to the same run folder")
+    out = args.out or Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
+    result = train_supernet(args.space, data=args.data, out=out, trainer=args.trainer, seed=args.seed,
+                            image_size=args.image_size, device=args.device, resume=args.resume,
+                            progress=not args.quiet, **hyper)
+    if int(os.environ.get("RANK", "0")) == 0 and result.history:
+        last = result.history[-1]
+        print(f"trained {args.space} ({args.trainer}) in {result.out}: {len(result.history)} epoch(s), final "
+              f"val acc largest {last['val_acc_max']:.4f}, smallest {last['val_acc_min']:.4f}; "
+              f"supernet: {result.checkpoint}")
+    return 0
+
+
 def _cmd_space_list(args: argparse.Namespace) -> int:
     from nasforge.supernets import get_supernet_entry, list_supernets
 
@@ -124,12 +188,17 @@ def _cmd_space_describe(args: argparse.Namespace) -> int:
     r = args.resolution if args.resolution is not None else net.resolution(arch)
     if r < 8:
         raise ConfigError(f"--resolution {r} is too small; use at least 8")
+    space = net.space
+    resolutions = list(space.dim("r").choices) if "r" in space.names else []
     result = {"space": args.space, "params": net.params(arch), "macs": net.macs(arch, r), "resolution": r,
-              "arch": net.space.canonical(arch).to_dict(), "space_size": net.space.size()}
+              "arch": space.canonical(arch).to_dict(), "space_size": space.size(),
+              "architectures": space.size(exclude=("r",) if resolutions else ()), "resolutions": resolutions}
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"space       {args.space}  ({result['space_size']:.3e} architectures)")
+        print(f"space       {args.space}")
+        print(f"archs       {result['architectures']:.3g}  ({result['architectures']:,} without resolution)")
+        print(f"  with r    {result['space_size']:.3g}  (x {max(len(resolutions), 1)} resolutions)")
         print(f"resolution  {r}")
         print(f"params      {result['params']:,}")
         print(f"MACs        {result['macs']:,}")
@@ -152,7 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"nasforge: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("nasforge: interrupted; continue with `nasforge run --resume --out DIR`", file=sys.stderr)
+        print("nasforge: interrupted; continue with the same command plus --resume (and the same --out)", file=sys.stderr)
         return 130
 
 

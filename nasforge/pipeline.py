@@ -145,9 +145,10 @@ def train_stage(cfg: RunConfig, data: DataSplits, out: Path, resume: bool,
         net = create_supernet(cfg.supernet.name, **options)
     tcfg = cfg.train.train_config(cfg.seed)
     trainer = get_trainer(cfg.train.trainer, tcfg)
-    with reporter.task("train", total=tcfg.epochs) as task:
+    total = trainer.total_epochs(net.space)
+    with reporter.task("train", total=total) as task:
         def on_epoch(rec: dict[str, Any]) -> None:
-            task.update(rec["epoch"], f"epoch {rec['epoch']}/{tcfg.epochs}  loss {rec['loss']:.3f}  "
+            task.update(rec["epoch"], f"epoch {rec['epoch']}/{total}  loss {rec['loss']:.3f}  "
                             f"val max {rec['val_acc_max']:.3f} min {rec['val_acc_min']:.3f}")
 
         def on_step(step: int, steps: int, epoch: int) -> None:

@@ -84,7 +84,8 @@ def plot_training(history: list[dict[str, Any]], path: Path) -> Path:
     canvas = FigureCanvasAgg(fig)
     loss_ax, acc_ax = fig.subplots(1, 2)
     loss_ax.plot(epochs, [h["loss"] for h in history], marker="o", color="tab:blue")
-    loss_ax.set(xlabel="epoch", ylabel="summed sandwich loss per step", title="training loss")
+    loss_ax.set(xlabel="epoch", ylabel="summed loss of a step's subnets", title="training loss")
+    _mark_phases(history, (loss_ax, acc_ax))
     for key, label, color in (("val_acc_max", "largest subnet", "tab:red"), ("val_acc_min", "smallest subnet", "tab:green")):
         acc_ax.plot(epochs, [h[key] for h in history], marker="o", label=label, color=color)
     acc_ax.set(xlabel="epoch", ylabel="validation accuracy", title="corner subnets (BN recalibrated)")
@@ -96,6 +97,25 @@ def plot_training(history: list[dict[str, Any]], path: Path) -> Path:
     buf = io.BytesIO()
     canvas.print_png(buf)
     return atomic_write_bytes(path, buf.getvalue())
+
+
+def _mark_phases(history: list[dict[str, Any]], axes: Any) -> None:
+    """Shade alternate phases of a multi-phase schedule and name them at the top of the loss plot."""
+    spans: list[list[Any]] = []
+    for h in history:
+        name = h.get("phase")
+        if spans and spans[-1][0] == name:
+            spans[-1][2] = h["epoch"]
+        else:
+            spans.append([name, h["epoch"], h["epoch"]])
+    if len(spans) < 2:
+        return
+    for i, (name, lo, hi) in enumerate(spans):
+        for ax in axes:
+            if i % 2:
+                ax.axvspan(lo - 0.5, hi + 0.5, color="0.92", zorder=0)
+        axes[0].annotate(str(name), ((lo + hi) / 2, 1.0), xycoords=("data", "axes fraction"), ha="center",
+                         va="bottom", fontsize=7, rotation=30)
 
 
 def _fmt_table(rows: list[dict[str, Any]], columns: list[str]) -> str:

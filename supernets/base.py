@@ -42,7 +42,7 @@ class Supernet(nn.Module, ABC):
     def set_active(self, arch: Architecture | Mapping[str, Any] | str) -> Architecture:
         """Make ``arch`` (validated against :attr:`space`) the active subnet and return it canonicalised."""
         arch = self.space.canonical(arch)
-        self._apply(arch)
+        self._apply_arch(arch)
         self._active = arch
         return arch
 
@@ -69,7 +69,7 @@ class Supernet(nn.Module, ABC):
     def default_resolution(self) -> int: ...
 
     @abstractmethod
-    def _apply(self, arch: Architecture) -> None:
+    def _apply_arch(self, arch: Architecture) -> None:
         """Configure the elastic layers for a validated, canonical ``arch``."""
 
     @abstractmethod

@@ -267,7 +267,7 @@ class ElasticMobileNetV3(Supernet):
     def default_resolution(self) -> int:
         return self.config.resolutions[-1]
 
-    def _apply(self, arch: Architecture) -> None:
+    def _apply_arch(self, arch: Architecture) -> None:
         ks, es, ds = arch["ks"], arch["e"], arch["d"]
         assert isinstance(ks, tuple) and isinstance(es, tuple) and isinstance(ds, tuple)
         for u, unit in enumerate(self.units):
@@ -301,7 +301,7 @@ class ElasticMobileNetV3(Supernet):
             )
         finally:
             self.set_active(previous)
-        return subnet.train(self.training)
+        return subnet.to(self.classifier.weight.device).train(self.training)
 
     def macs(self, arch: Architecture | Mapping[str, Any], resolution: int | None = None) -> int:
         arch = self.space.validate(arch)
@@ -369,3 +369,14 @@ def ofa_mbv3_w10(**overrides: Any) -> ElasticMobileNetV3:
 def ofa_mbv3_w12(**overrides: Any) -> ElasticMobileNetV3:
     """Once-for-All's ImageNet MobileNetV3 space at width multiplier 1.2."""
     return _member("ofa-mbv3-w1.2", _ofa_config(1.2), overrides)
+
+
+@register_supernet("ofa-mbv3-cifar", "Once-for-All MobileNetV3 w1.0 units for 32x32 images (stem stride 1, 10 classes)")
+def ofa_mbv3_cifar(**overrides: Any) -> ElasticMobileNetV3:
+    """Once-for-All's w1.0 unit layout (k{3,5,7}, e{3,4,6}, d{2,3,4}) for CIFAR-size input.
+
+    Widths, strides, activations, squeeze-excite and the 960/1280 head are those of ``ofa-mbv3-w1.0``; the stem
+    has stride 1 (so a 32x32 image reaches the head at 2x2) and the elastic resolutions are 24, 28, 32.
+    """
+    base = replace(_ofa_config(1.0), num_classes=10, in_channels=3, stem_stride=1, resolutions=(24, 28, 32))
+    return _member("ofa-mbv3-cifar", base, overrides)

@@ -10,22 +10,23 @@ import math
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from nasforge.distributed import DistContext
 from nasforge.errors import CheckpointError, ConfigError
 from nasforge.registry import Registry
 from nasforge.supernets.arch import Architecture, SearchSpace
 from nasforge.supernets.base import Supernet
 from nasforge.supernets.checkpoint import load_checkpoint, save_checkpoint
 from nasforge.supernets.evaluate import evaluate_arch, resize
-from nasforge.supernets.trainers.steps import build_optimizer
+from nasforge.supernets.trainers.steps import build_optimizer, distill_loss, distill_step
 
-__all__ = ["TrainConfig", "TrainHyperparams", "Trainer", "register_trainer", "list_trainers", "get_trainer", "EpochCallback", "StepCallback"]
+__all__ = ["Phase", "TrainConfig", "TrainHyperparams", "Trainer", "register_trainer", "list_trainers", "get_trainer", "EpochCallback", "StepCallback"]
 
 EpochCallback = Callable[[dict[str, Any]], None]
 StepCallback = Callable[[int, int, int], None]  # (step in epoch, steps per epoch, epoch index)
@@ -33,7 +34,13 @@ StepCallback = Callable[[int, int, int], None]  # (step in epoch, steps per epoc
 
 @dataclass(frozen=True)
 class TrainHyperparams:
-    """Hyper-parameters of the shared training loop (everything but the seed); validated on creation."""
+    """Hyper-parameters of the shared training loop (everything but the seed); validated on creation.
+
+    ``batch_size`` is the global batch (over all processes). ``micro_batches`` splits it into chunks whose
+    gradients accumulate (less memory; the same arithmetic as that many DDP processes). Multi-phase trainers
+    (progressive shrinking) take their epochs and learning rates from their reference schedule, multiplied by
+    ``schedule_scale`` and ``lr_scale``; single-phase trainers use ``epochs``, ``lr`` and ``warmup_epochs``.
+    """
 
     epochs: int = 15
     batch_size: int = 64
@@ -46,6 +53,9 @@ class TrainHyperparams:
     num_random: int = 2
     kd_weight: float = 1.0
     calib_images: int = 500
+    micro_batches: int = 1
+    schedule_scale: float = 1.0
+    lr_scale: float = 1.0
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -55,6 +65,8 @@ class TrainHyperparams:
             "warmup_epochs": self.warmup_epochs >= 0, "num_random": self.num_random >= 0,
             "label_smoothing": 0 <= self.label_smoothing < 1, "calib_images": self.calib_images >= 1,
             "weight_decay": self.weight_decay >= 0, "kd_weight": self.kd_weight >= 0,
+            "micro_batches": self.micro_batches >= 1, "schedule_scale": self.schedule_scale > 0,
+            "lr_scale": self.lr_scale > 0,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
@@ -91,112 +103,244 @@ class TrainConfig(TrainHyperparams):
     seed: int = 0
 
 
+@dataclass(frozen=True)
+class Phase:
+    """One stage of a training schedule.
+
+    Args:
+        name: short name (``"kernel"``, ``"depth-1"``, ...), used in logs and per-phase checkpoint files.
+        epochs: epochs of the phase, warm-up included.
+        lr: peak learning rate (after the linear warm-up; cosine decay to zero per iteration afterwards).
+        warmup_epochs: linear warm-up epochs at the start of the phase.
+        subnets_per_step: subnets whose gradients accumulate in one optimizer step.
+        choices: restriction of the search space during this phase, e.g. ``{"ks": (7,), "e": (6,)}``.
+        expand_stage: if set, channels are re-organised by importance at the start of the phase (the
+            Once-for-All expand phases; 0 for the first, 1 for the second).
+        distill: whether subnets distil from the trainer's teacher (if it has one).
+    """
+
+    name: str
+    epochs: int
+    lr: float
+    warmup_epochs: int = 0
+    subnets_per_step: int = 1
+    choices: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    expand_stage: int | None = None
+    distill: bool = True
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.warmup_epochs < 0 or self.warmup_epochs > self.epochs or self.lr <= 0:
+            raise ConfigError(f"bad phase {self.name!r}: epochs={self.epochs}, warmup={self.warmup_epochs}, "
+                              f"lr={self.lr} (need epochs >= 1, 0 <= warmup <= epochs, lr > 0)")
+        if self.subnets_per_step < 1:
+            raise ConfigError(f"phase {self.name!r} needs at least one subnet per step")
+
+    def space(self, full: SearchSpace) -> SearchSpace:
+        """``full`` restricted to this phase's choices (unknown dimensions or values raise ConfigError)."""
+        if not self.choices:
+            return full
+        dims = []
+        for d in full.dims:
+            if d.name in self.choices:
+                wanted = tuple(sorted(int(v) for v in self.choices[d.name]))
+                bad = [v for v in wanted if v not in d.choices]
+                if bad or not wanted:
+                    raise ConfigError(f"phase {self.name!r}: {d.name} choices {wanted} are not a non-empty subset "
+                                      f"of the space's {d.choices}")
+                default = d.default if d.default in wanted else (wanted[-1] if d.default is not None else None)
+                d = replace(d, choices=wanted, default=default)
+            dims.append(d)
+        unknown = sorted(set(self.choices) - set(full.names))
+        if unknown:
+            raise ConfigError(f"phase {self.name!r} restricts unknown dimension(s) {unknown}; space has {full.names}")
+        return SearchSpace(full.name, tuple(dims), full.gates)
+
+
 class Trainer(ABC):
-    """Base class: subclasses pick the subnets of a step (:meth:`step_archs`) and their losses."""
+    """Base class: subclasses define their phases (:meth:`phases`), the subnets of a step
+    (:meth:`step_archs`) and their losses (:meth:`subnet_loss`); the loop is shared.
+    """
 
     name: ClassVar[str] = ""
+    #: the detached logits of ``step_archs()[0]`` teach the other subnets of the step (sandwich rule)
+    inplace_teacher: ClassVar[bool] = False
+    #: all subnets of a step share one input resolution, sampled per batch (Once-for-All); otherwise each
+    #: subnet runs at its own ``r``
+    shared_resolution: ClassVar[bool] = False
 
     def __init__(self, config: TrainConfig) -> None:
         self.config = config
+        self.teacher: nn.Module | None = None
+
+    # -- what subclasses define -------------------------------------------------------------------------------
+    def phases(self, space: SearchSpace) -> list[Phase]:
+        """The schedule; by default one phase from the config's ``epochs``, ``lr`` and ``warmup_epochs``."""
+        cfg = self.config
+        return [Phase("train", cfg.epochs, cfg.lr, min(cfg.warmup_epochs, cfg.epochs))]
 
     @abstractmethod
-    def step_archs(self, space: SearchSpace, rng: random.Random, epoch: int) -> list[Architecture]:
-        """Architectures to run in one step; the first one is the teacher for in-place distillation."""
+    def step_archs(self, space: SearchSpace, rng: random.Random, phase: Phase) -> list[Architecture]:
+        """Architectures to run in one step of ``phase`` (``space`` is already restricted to the phase)."""
 
-    @abstractmethod
     def subnet_loss(self, index: int, logits: torch.Tensor, targets: torch.Tensor,
                     teacher: torch.Tensor | None) -> torch.Tensor:
-        """Loss of the ``index``-th subnet of a step (``teacher`` = detached logits of subnet 0, if any)."""
+        """Loss of the ``index``-th subnet of a step (``teacher``: detached teacher logits, if any)."""
+        cfg = self.config
+        return distill_loss(logits, targets, teacher, cfg.label_smoothing, cfg.kd_weight)
+
+    def start_phase(self, net: Supernet, index: int, phase: Phase, *, fresh: bool,  # noqa: B027
+                    checkpoint_dir: Path | None) -> None:
+        """Hook run before the first epoch of a phase (``fresh``) or when resuming inside it."""
+
+    def end_phase(self, net: Supernet, index: int, phase: Phase) -> None:  # noqa: B027
+        """Hook run after the last epoch of a phase."""
+
+    def total_epochs(self, space: SearchSpace) -> int:
+        """Epochs over all phases."""
+        return sum(p.epochs for p in self.phases(space))
 
     # -- the shared loop -------------------------------------------------------------------------------------
     def fit(
         self, net: Supernet, data: Any, *, supernet_name: str, supernet_options: dict[str, Any] | None = None,
         checkpoint_dir: str | Path | None = None, resume: bool = False,
         on_epoch: EpochCallback | None = None, on_step: StepCallback | None = None,
+        dist: DistContext | None = None,
     ) -> list[dict[str, Any]]:
         """Train ``net`` on ``data`` (a :class:`nasforge.data.DataSplits`); returns the per-epoch history.
 
-        With ``checkpoint_dir``, an atomic ``last.pt`` is written after every epoch; with ``resume=True`` the
-        loop continues after the last finished epoch of that checkpoint (same results as an uninterrupted run).
+        With ``checkpoint_dir``, an atomic ``last.pt`` is written after every epoch (and, with several phases,
+        ``phase-<i>-<name>.pt`` after each); with ``resume=True`` the loop continues after the last finished epoch of ``last.pt``,
+        inside its phase (same results as an uninterrupted run). ``dist`` places the job on a device and, under
+        ``torchrun``, on several processes (see :mod:`nasforge.distributed`); ``batch_size`` is the global batch.
         """
         cfg = self.config
-        opt = _optimizer(net, cfg)
+        ctx = dist or DistContext()
+        per_rank = ctx.world_size * cfg.micro_batches
+        if cfg.batch_size % per_rank:
+            raise ConfigError(f"batch_size {cfg.batch_size} must divide by processes x micro_batches = {per_rank}")
+        net.to(ctx.device)
+        model = ctx.wrap(net)
+        phases = self.phases(net.space)
+        ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else None
+        ckpt = ckpt_dir / "last.pt" if ckpt_dir else None
         history: list[dict[str, Any]] = []
-        start = 0
-        ckpt = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
+        start_phase, start_epoch, opt_state = 0, 0, None
         if resume and ckpt is not None and ckpt.exists():
-            start, history = self._restore(net, opt, ckpt)
+            start_phase, start_epoch, opt_state, history = self._restore(net, ckpt, phases)
         steps_per_epoch = max(1, len(data.train) // cfg.batch_size)
-        total_steps = cfg.epochs * steps_per_epoch
-        for epoch in range(start, cfg.epochs):
-            net.train()
-            epoch_seed = cfg.seed * 100_003 + epoch
-            gen = torch.Generator().manual_seed(epoch_seed)
-            rng = random.Random(epoch_seed)
-            losses = []
-            # Each epoch draws dropout noise from its own seed, so a resumed run repeats an uninterrupted one.
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(epoch_seed)
-                batches = data.train.batches(cfg.batch_size, shuffle=True, generator=gen, drop_last=True)
-                for i, (x, y) in enumerate(batches):
-                    step = epoch * steps_per_epoch + i
-                    lr = _lr_at(step, total_steps, warmup_steps=cfg.warmup_epochs * steps_per_epoch, base=cfg.lr)
-                    for group in opt.param_groups:
-                        group["lr"] = lr
-                    losses.append(self._step(net, opt, x, y, rng, epoch))
-                    if on_step:
-                        on_step(i + 1, steps_per_epoch, epoch)
-            record = {"epoch": epoch + 1, "loss": sum(losses) / max(1, len(losses)), "lr": opt.param_groups[0]["lr"]}
-            record.update(self.validate(net, data))
-            history.append(record)
-            if ckpt is not None:
-                save_checkpoint(ckpt, net, supernet_name, supernet_options or {}, optimizer=opt.state_dict(),
-                                epoch=epoch + 1, history=history, train_config=asdict(cfg), trainer=self.name)
-            if on_epoch:
-                on_epoch(record)
+        global_epoch = sum(p.epochs for p in phases[:start_phase]) + start_epoch
+        for p in range(start_phase, len(phases)):
+            phase = phases[p]
+            pspace = phase.space(net.space)
+            first = start_epoch if p == start_phase else 0
+            self.start_phase(net, p, phase, fresh=first == 0, checkpoint_dir=ckpt_dir)
+            opt = build_optimizer(net, name=cfg.optimizer, lr=phase.lr, momentum=cfg.momentum,
+                                  weight_decay=cfg.weight_decay)
+            if opt_state is not None and first > 0:
+                opt.load_state_dict(opt_state)
+            opt_state = None
+            total_steps = phase.epochs * steps_per_epoch
+            for epoch in range(first, phase.epochs):
+                record = self._epoch(net, model, opt, data, ctx, pspace, phase, p, epoch, steps_per_epoch,
+                                     total_steps, global_epoch, on_step)
+                global_epoch += 1
+                record["epoch"] = global_epoch
+                if ctx.is_main:
+                    record.update(self.validate(net, data, pspace, ctx.device))
+                    history.append(record)
+                    if ckpt is not None:
+                        self._save(ckpt, net, supernet_name, supernet_options, opt, p, epoch + 1, history)
+                        if epoch + 1 == phase.epochs and len(phases) > 1:
+                            self._save(ckpt_dir / f"phase-{p + 1}-{phase.name}.pt", net, supernet_name,  # type: ignore[operator]
+                                       supernet_options, opt, p, epoch + 1, history)
+                    if on_epoch:
+                        on_epoch(record)
+                ctx.barrier()
+            self.end_phase(net, p, phase)
         net.set_active(net.space.largest())
         return history
 
-    def _step(self, net: Supernet, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-              rng: random.Random, epoch: int) -> float:
-        opt.zero_grad(set_to_none=True)
-        teacher = None
-        total = 0.0
-        for i, arch in enumerate(self.step_archs(net.space, rng, epoch)):
-            arch = net.set_active(arch)
-            logits = net(resize(x, net.resolution(arch)))
-            loss = self.subnet_loss(i, logits, y, teacher)
-            loss.backward()
-            total += float(loss.detach())
-            if i == 0:
-                teacher = logits.detach()
-        opt.step()
-        return total
+    def _epoch(self, net: Supernet, model: nn.Module, opt: torch.optim.Optimizer, data: Any, ctx: DistContext,
+               space: SearchSpace, phase: Phase, p: int, epoch: int, steps_per_epoch: int, total_steps: int,
+               global_epoch: int, on_step: StepCallback | None) -> dict[str, Any]:
+        cfg = self.config
+        net.train()
+        epoch_seed = cfg.seed * 100_003 + p * 1_009 + epoch
+        gen = torch.Generator().manual_seed(epoch_seed)
+        teacher = self.teacher if phase.distill else None
+        losses = []
+        with torch.random.fork_rng(devices=[]):
+            batches = data.train.batches(cfg.batch_size, shuffle=True, generator=gen, drop_last=True)
+            for i, (x, y) in enumerate(batches):
+                step = epoch * steps_per_epoch + i
+                lr = _lr_at(step, total_steps, warmup_steps=phase.warmup_epochs * steps_per_epoch, base=phase.lr)
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                rng = random.Random(epoch_seed * 100_000 + i)  # same subnets on every rank, and after a resume
+                archs = self.step_archs(space, rng, phase)
+                x = ctx.shard(x).to(ctx.device, non_blocking=True)
+                y = ctx.shard(y).to(ctx.device, non_blocking=True)
+                if self.shared_resolution:
+                    r = rng.choice(space.dim("r").choices) if "r" in space.names else None
+                    if r is not None:
+                        archs = [a.replace(r=r) for a in archs]
+                        x = resize(x, r)
+                losses.append(distill_step(
+                    net, opt, x, y, archs, teacher, model=model, micro_batches=cfg.micro_batches,
+                    no_sync=ctx.no_sync(model), step_seed=epoch_seed * 100_000 + i,
+                    first_chunk=ctx.rank * cfg.micro_batches, loss_fn=self.subnet_loss,
+                    inplace_teacher=self.inplace_teacher,
+                    resolution_of=None if self.shared_resolution else net.resolution,
+                ))
+                if on_step and ctx.is_main:
+                    on_step(i + 1, steps_per_epoch, global_epoch)
+        loss = ctx.mean(sum(losses) / max(1, len(losses)))
+        return {"phase": phase.name, "phase_epoch": epoch + 1, "loss": loss, "lr": opt.param_groups[0]["lr"]}
+
+    def _save(self, path: Path, net: Supernet, supernet_name: str, supernet_options: dict[str, Any] | None,
+              opt: torch.optim.Optimizer, phase: int, epoch: int, history: list[dict[str, Any]]) -> None:
+        save_checkpoint(path, net, supernet_name, supernet_options or {}, optimizer=opt.state_dict(),
+                        phase=phase, epoch=epoch, history=history, train_config=asdict(self.config),
+                        trainer=self.name)
 
     @torch.no_grad()
-    def validate(self, net: Supernet, data: Any) -> dict[str, float]:
-        """Validation accuracy of the largest and smallest subnets after BN recalibration."""
-        calib = data.train.x[: self.config.calib_images]
+    def validate(self, net: Supernet, data: Any, space: SearchSpace | None = None,
+                 device: torch.device | None = None) -> dict[str, float]:
+        """Validation accuracy of the largest and smallest subnets of ``space`` (default: the whole space)
+        after BN recalibration."""
+        space = space or net.space
+        dev = device or torch.device("cpu")
+        n = self.config.calib_images
+        calib, vx, vy = data.train.x[:n].to(dev), data.val.x.to(dev), data.val.y.to(dev)
         out = {}
-        for tag, arch in (("val_acc_max", net.space.largest()), ("val_acc_min", net.space.smallest())):
-            out[tag] = evaluate_arch(net, arch, calib, data.val.x, data.val.y, self.config.calib_images)[0]
+        for tag, arch in (("val_acc_max", space.largest()), ("val_acc_min", space.smallest())):
+            out[tag] = evaluate_arch(net, arch, calib, vx, vy, n)[0]
         return out
 
-    def _restore(self, net: Supernet, opt: torch.optim.Optimizer, path: Path) -> tuple[int, list[dict[str, Any]]]:
+    def _restore(self, net: Supernet, path: Path,
+                 phases: list[Phase]) -> tuple[int, int, dict[str, Any], list[dict[str, Any]]]:
         state = load_checkpoint(path)
-        if state.get("train_config", {}).get("seed") != self.config.seed:
-            raise CheckpointError(f"checkpoint {path} was trained with another seed; resume with the same config")
+        saved, now = state.get("train_config", {}), asdict(self.config)
+        changed = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in now.items() if k in saved and saved[k] != v]
+        if changed or "seed" not in saved:
+            raise CheckpointError(f"checkpoint {path} was trained with other settings ({'; '.join(changed) or 'no seed'}"
+                                  "); resume with the same config")
+        if state.get("trainer", self.name) != self.name:
+            raise CheckpointError(f"checkpoint {path} was written by trainer {state.get('trainer')!r}, not "
+                                  f"{self.name!r}; resume with the same trainer")
         try:
             net.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            epoch, history = int(state["epoch"]), list(state.get("history", []))
+            phase, epoch, history = int(state.get("phase", 0)), int(state["epoch"]), list(state.get("history", []))
+            opt_state = state["optimizer"]
         except (RuntimeError, ValueError, KeyError, TypeError) as exc:
             raise CheckpointError(f"checkpoint {path} does not fit this supernet/config: {str(exc)[:200]}") from None
-        return epoch, history
-
-
-def _optimizer(net: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    return build_optimizer(net, name=cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        if phase >= len(phases) or epoch > phases[phase].epochs:
+            raise CheckpointError(f"checkpoint {path} is at phase {phase + 1} epoch {epoch}, beyond this schedule; "
+                                  "resume with the same config")
+        if epoch == phases[phase].epochs:  # that phase finished: start the next one
+            self.end_phase(net, phase, phases[phase])
+            phase, epoch = phase + 1, 0
+        return phase, epoch, opt_state, history
 
 
 def _lr_at(step: int, total: int, warmup_steps: int, base: float) -> float:
@@ -222,7 +366,7 @@ def register_trainer(name: str) -> Callable[[type[Trainer]], type[Trainer]]:
 
 def list_trainers() -> list[str]:
     """Names of the registered trainers."""
-    from nasforge.supernets.trainers import sandwich  # noqa: F401  (registers the built-in trainers)
+    from nasforge.supernets.trainers import progressive, sandwich  # noqa: F401  (registers the built-ins)
 
     return _TRAINERS.names()
 

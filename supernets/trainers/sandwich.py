@@ -8,14 +8,10 @@ import torch
 import torch.nn.functional as F
 
 from nasforge.supernets.arch import Architecture, SearchSpace
-from nasforge.supernets.trainers.base import Trainer, register_trainer
+from nasforge.supernets.trainers.base import Phase, Trainer, register_trainer
+from nasforge.supernets.trainers.steps import soft_cross_entropy
 
 __all__ = ["SandwichTrainer", "soft_cross_entropy"]
-
-
-def soft_cross_entropy(logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy against the teacher's softmax (temperature 1), averaged over the batch."""
-    return -(F.softmax(teacher_logits, dim=1) * F.log_softmax(logits, dim=1)).sum(1).mean()
 
 
 @register_trainer("sandwich")
@@ -24,7 +20,9 @@ class SandwichTrainer(Trainer):
     from the largest subnet's current, detached logits). Gradients of all subnets are summed before one step.
     """
 
-    def step_archs(self, space: SearchSpace, rng: random.Random, epoch: int) -> list[Architecture]:
+    inplace_teacher = True
+
+    def step_archs(self, space: SearchSpace, rng: random.Random, phase: Phase) -> list[Architecture]:
         return [space.largest(), space.smallest()] + [space.sample(rng) for _ in range(self.config.num_random)]
 
     def subnet_loss(self, index: int, logits: torch.Tensor, targets: torch.Tensor,

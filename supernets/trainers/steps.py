@@ -12,6 +12,7 @@ from torch import nn
 
 from nasforge.supernets.arch import Architecture
 from nasforge.supernets.base import Supernet
+from nasforge.supernets.evaluate import resize
 
 __all__ = ["soft_cross_entropy", "distill_loss", "distill_step", "build_optimizer"]
 
@@ -30,16 +31,23 @@ def distill_loss(logits: torch.Tensor, targets: torch.Tensor, teacher_logits: to
     return loss
 
 
+LossFn = Callable[[int, torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+
+
 def distill_step(
     net: Supernet, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
     archs: Sequence[Architecture], teacher: nn.Module | None = None, *, label_smoothing: float = 0.1,
     kd_weight: float = 1.0, model: nn.Module | None = None, micro_batches: int = 1,
     no_sync: Callable[[], ContextManager[None]] | None = None, step_seed: int | None = None, first_chunk: int = 0,
+    loss_fn: LossFn | None = None, inplace_teacher: bool = False,
+    resolution_of: Callable[[Architecture], int] | None = None,
 ) -> float:
-    """One progressive-shrinking step: the gradients of every subnet in ``archs`` accumulate, then one update.
+    """One weight-sharing step: the gradients of every subnet in ``archs`` accumulate, then one update.
 
-    The teacher (a separate network, e.g. the trained full net) runs once per micro-batch in train mode under
-    ``no_grad``, as in the Once-for-All reference. ``x`` must already be at the step's resolution.
+    With a ``teacher`` network (progressive shrinking: the trained full net) it runs once per micro-batch in
+    train mode under ``no_grad``, as in the Once-for-All reference. With ``inplace_teacher`` the detached logits
+    of ``archs[0]`` teach the others (sandwich rule). ``x`` must be at the step's resolution unless
+    ``resolution_of`` is given, in which case each subnet gets ``x`` resized to ``resolution_of(arch)``.
 
     Args:
         net: the supernet (its active subnet is switched for each architecture).
@@ -48,14 +56,18 @@ def distill_step(
             is scaled by its share of the batch), which is exactly what DDP computes over that many ranks.
         no_sync: context manager suppressing gradient all-reduce (DDP's ``no_sync``) for every backward
             except the last one of the step.
-        step_seed: if given, the torch RNG (dropout) is re-seeded per micro-batch from it, so a run is
-            reproducible however the batch is split across processes.
+        step_seed: if given, the torch RNG (dropout) is re-seeded per micro-batch and subnet from it, so a run
+            is reproducible however the batch is split across processes.
         first_chunk: global index of this process's first chunk (its rank when each rank holds one chunk).
+        loss_fn: ``(index, logits, targets, teacher_logits) -> loss``; default :func:`distill_loss`.
 
     Returns:
         The summed loss of the subnets (mean over the batch).
     """
     model = model if model is not None else net
+    if loss_fn is None:
+        def loss_fn(i: int, logits: torch.Tensor, t: torch.Tensor, tl: torch.Tensor | None) -> torch.Tensor:
+            return distill_loss(logits, t, tl, label_smoothing, kd_weight)
     optimizer.zero_grad(set_to_none=True)
     chunks = list(zip(x.chunk(micro_batches), y.chunk(micro_batches), strict=True))
     total = 0.0
@@ -65,6 +77,8 @@ def distill_step(
         share = xc.shape[0] / x.shape[0]
         teacher_logits = None
         if teacher is not None:
+            if step_seed is not None:  # the teacher runs in train mode: its dropout draws from this seed
+                torch.manual_seed(step_seed * 1_000_003 + (first_chunk + c) * 101 + 100)
             teacher.train()
             with torch.no_grad():
                 teacher_logits = teacher(xc)
@@ -72,12 +86,16 @@ def distill_step(
             if step_seed is not None:
                 torch.manual_seed(step_seed * 1_000_003 + (first_chunk + c) * 101 + i)
             net.set_active(arch)
+            inp = resize(xc, resolution_of(arch)) if resolution_of is not None else xc
             done += 1
             ctx = no_sync() if (no_sync is not None and done < n_backward) else contextlib.nullcontext()
             with ctx:
-                loss = distill_loss(model(xc), yc, teacher_logits, label_smoothing, kd_weight)
+                logits = model(inp)
+                loss = loss_fn(i, logits, yc, teacher_logits)
                 (loss * share).backward()
             total += float(loss.detach()) * share
+            if inplace_teacher and i == 0:
+                teacher_logits = logits.detach()
     optimizer.step()
     return total
 

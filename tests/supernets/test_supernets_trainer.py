@@ -23,7 +23,7 @@ from nasforge.supernets.trainers import (
     register_trainer,
     soft_cross_entropy,
 )
-from nasforge.supernets.trainers.base import _lr_at
+from nasforge.supernets.trainers.base import Phase, _lr_at
 
 CFG = {"epochs": 2, "batch_size": 32, "calib_images": 64, "warmup_epochs": 1, "lr": 0.1, "seed": 0}
 
@@ -240,11 +240,11 @@ def test_trainer_registry():
 def test_sandwich_step_archs(tiny_net):
     space = tiny_net.space
     trainer = SandwichTrainer(TrainConfig(num_random=3))
-    archs = trainer.step_archs(space, random.Random(0), epoch=0)
+    archs = trainer.step_archs(space, random.Random(0), Phase("t", 1, 0.1))
     assert len(archs) == 5 and archs[0] == space.largest() and archs[1] == space.smallest()
     assert all(space.canonical(a) == a for a in archs)
-    assert archs == trainer.step_archs(space, random.Random(0), epoch=0)
-    assert len(SandwichTrainer(TrainConfig(num_random=0)).step_archs(space, random.Random(0), 0)) == 2
+    assert archs == trainer.step_archs(space, random.Random(0), Phase("t", 1, 0.1))
+    assert len(SandwichTrainer(TrainConfig(num_random=0)).step_archs(space, random.Random(0), Phase("t", 1, 0.1))) == 2
 
 
 def test_sandwich_losses():

@@ -1,0 +1,148 @@
+"""Train a supernet on its own (``nasforge train``): any registered space and trainer, one process or many.
+
+The run folder holds ``train.json`` (what was asked), ``checkpoints/last.pt`` (every epoch),
+``checkpoints/phase-<i>-<name>.pt`` (every phase of a multi-phase trainer), the final ``supernet.pt``,
+``train_history.json`` and ``training.png``. ``resume=True`` continues inside the phase where a run stopped.
+Under ``torchrun`` every process calls :func:`train_supernet`; rank 0 writes files and reports progress.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nasforge.data import load_data
+from nasforge.distributed import init_distributed
+from nasforge.errors import ConfigError
+from nasforge.io import atomic_write_json
+from nasforge.progress import ProgressReporter
+from nasforge.supernets import Supernet, create_supernet, get_supernet_entry
+from nasforge.supernets.checkpoint import load_supernet, save_checkpoint
+from nasforge.supernets.trainers import TrainConfig, get_trainer, list_trainers
+
+__all__ = ["TrainResult", "train_supernet", "TRAINER_DEFAULTS"]
+
+#: Hyper-parameter defaults per trainer where the reference differs from nasforge's generic defaults.
+TRAINER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "ps": {"weight_decay": 3e-5, "label_smoothing": 0.1, "kd_weight": 1.0},
+}
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train_supernet` produced (``net`` is the trained supernet, on CPU)."""
+
+    out: Path
+    net: Supernet
+    history: list[dict[str, Any]]
+    checkpoint: Path
+
+
+def train_supernet(
+    space: str, *, data: str = "digits", out: str | Path, trainer: str = "ps", seed: int = 0,
+    image_size: int | None = None, supernet_options: dict[str, Any] | None = None, device: str | None = None,
+    resume: bool = False, progress: bool = True, **hyperparams: Any,
+) -> TrainResult:
+    """Train the supernet ``space`` on the dataset ``data`` with ``trainer`` and save everything in ``out``.
+
+    Args:
+        space: registered supernet name (``nasforge space list``).
+        data: dataset spec (``digits``, ``shapes``, ``cifar10:DIR``, ``folder:DIR``).
+        trainer: registered trainer (``ps`` = Once-for-All progressive shrinking, ``sandwich``).
+        image_size: stored image size (default: the space's largest resolution).
+        supernet_options: overrides of the supernet's config (``num_classes``/``in_channels`` come from the data).
+        device: ``auto`` (default), ``cpu``, ``cuda``; under torchrun each rank takes its local GPU.
+        resume: continue the run in ``out`` (its settings must match).
+        hyperparams: :class:`TrainConfig` fields (``batch_size``, ``schedule_scale``, ``lr_scale``, ...).
+
+    Raises:
+        ConfigError: unknown space/trainer/option, or ``out`` already holds another run.
+        CheckpointError: a damaged checkpoint or one written with other settings.
+    """
+    get_supernet_entry(space)  # unknown names fail before anything is written
+    if trainer not in list_trainers():
+        raise ConfigError(f"unknown trainer {trainer!r}; choose one of {list_trainers()}")
+    values = {**TRAINER_DEFAULTS.get(trainer, {}), **hyperparams}
+    config = TrainConfig.from_dict({**values, "seed": seed})
+    ctx = init_distributed(device)
+    out = Path(out)
+    request = {"space": space, "trainer": trainer, "data": data, "image_size": image_size,
+               "supernet_options": supernet_options or {}, "train_config": dataclasses.asdict(config)}
+    _check_out(out, request, resume)
+
+    probe = create_supernet(space, **(supernet_options or {}))
+    size = image_size or probe.resolution(probe.space.largest())
+    splits = load_data(data, image_size=size, seed=seed)
+    options = {"num_classes": splits.num_classes, "in_channels": splits.in_channels, **(supernet_options or {})}
+    final = out / "supernet.pt"
+    reporter = ProgressReporter(enabled=progress and ctx.is_main)
+    if resume and final.is_file():
+        net, state = load_supernet(final)
+        reporter.log(f"training already finished; loaded {final}")
+        return TrainResult(out, net, list(state.get("history", [])), final)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = create_supernet(space, **options)
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "train.json", {**request, "world_size": ctx.world_size})
+    ctx.barrier()
+    job = get_trainer(trainer, config)
+    phases = job.phases(net.space)
+    total = sum(p.epochs for p in phases)
+    reporter.log(f"training {space} with {trainer} on {data} ({len(splits.train)} images, {ctx.world_size} "
+                 f"process(es) on {ctx.device}): {len(phases)} phase(s), {total} epoch(s) - "
+                 + ", ".join(f"{p.name} {p.epochs}" for p in phases))
+    with reporter.task("train", total=total) as task:
+        def on_epoch(rec: dict[str, Any]) -> None:
+            task.update(rec["epoch"], f"{rec.get('phase', '')} epoch {rec['epoch']}/{total}  loss {rec['loss']:.3f}  "
+                                      f"val max {rec['val_acc_max']:.3f} min {rec['val_acc_min']:.3f}")
+
+        def on_step(step: int, steps: int, epoch: int) -> None:
+            task.update(epoch + step / steps, log=False)
+
+        history = job.fit(net, splits, supernet_name=space, supernet_options=options,
+                          checkpoint_dir=out / "checkpoints", resume=resume, on_epoch=on_epoch, on_step=on_step,
+                          dist=ctx)
+    net.cpu()
+    if ctx.is_main:
+        save_checkpoint(final, net, space, options, history=history, trainer=trainer,
+                        train_config=dataclasses.asdict(config))
+        atomic_write_json(out / "train_history.json", history)
+        if history:
+            from nasforge.report import plot_training
+
+            plot_training(history, out / "training.png")
+    ctx.barrier()
+    return TrainResult(out, net, history, final)
+
+
+def _check_out(out: Path, request: dict[str, Any], resume: bool) -> None:
+    saved = out / "train.json"
+    if not resume:
+        if saved.exists() or (out / "checkpoints").exists():
+            raise ConfigError(f"{out} already holds a training run; pass --resume to continue it or choose another "
+                              "--out")
+        return
+    if not saved.is_file():
+        raise ConfigError(f"nothing to resume in {out} (no train.json); start it without --resume")
+    try:
+        before = json.loads(saved.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{saved} is unreadable ({exc}); restore it or start a new run") from None
+    before = {k: before.get(k) for k in request}
+    now = json.loads(json.dumps(request))
+    changed = sorted(k for k in request if before.get(k) != now[k])
+    if changed:
+        detail = [f"{k}" for k in changed]
+        if "train_config" in changed and isinstance(before.get("train_config"), dict):
+            tc = before["train_config"]
+            detail = [k for k in changed if k != "train_config"] + [
+                f"train_config.{k}: {tc.get(k)!r} -> {v!r}" for k, v in now["train_config"].items() if tc.get(k) != v]
+        raise ConfigError(f"--resume with other settings than the run in {out} ({'; '.join(detail)}); use the "
+                          "same settings or another --out")
