@@ -1,0 +1,116 @@
+"""`nasforge train`: a whole progressive-shrinking run through the real CLI, resume after SIGKILL, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from nasforge.cli import main
+from nasforge.supernets.checkpoint import load_supernet
+
+DATA = "shapes?n=200&classes=4"
+ARGS = ["train", "mbv3-small", "--trainer", "ps", "--data", DATA, "--scale", "0.005", "--batch-size", "32",
+        "--quiet"]
+PHASES = ["teacher", "kernel", "depth-1", "depth-2", "expand-1", "expand-2"]
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "nasforge", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=300)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("train") / "run"
+    res = run_cli(*ARGS, "--out", str(out))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "trained mbv3-small (ps)" in res.stdout
+    return out
+
+
+def test_ps_run_writes_every_phase(finished: Path) -> None:
+    ckpts = sorted(p.name for p in (finished / "checkpoints").iterdir())
+    assert ckpts == ["last.pt"] + [f"phase-{i + 1}-{n}.pt" for i, n in enumerate(PHASES)]
+    history = json.loads((finished / "train_history.json").read_text())
+    assert [h["phase"] for h in history] == PHASES
+    assert (finished / "training.png").stat().st_size > 1000
+    request = json.loads((finished / "train.json").read_text())
+    assert request["trainer"] == "ps" and request["train_config"]["schedule_scale"] == 0.005
+    assert request["train_config"]["weight_decay"] == 3e-5  # the reference's, not the generic default
+    net, state = load_supernet(finished / "supernet.pt")
+    assert state["trainer"] == "ps" and net.config.in_channels == 3 and net.config.num_classes == 4
+
+
+def test_existing_run_needs_resume(finished: Path) -> None:
+    res = run_cli(*ARGS, "--out", str(finished))
+    assert res.returncode == 2 and "already holds a training run" in res.stderr
+    assert "Traceback" not in res.stderr
+    before = (finished / "supernet.pt").stat().st_mtime_ns
+    res = run_cli(*[a for a in ARGS if a != "--quiet"], "--out", str(finished), "--resume")
+    assert res.returncode == 0 and "already finished" in res.stderr, res.stderr
+    assert (finished / "supernet.pt").stat().st_mtime_ns == before
+
+
+def test_resume_with_other_settings_is_refused(finished: Path) -> None:
+    args = [a if a != "0.005" else "0.01" for a in ARGS]
+    res = run_cli(*args, "--out", str(finished), "--resume")
+    assert res.returncode == 2, res.stderr
+    assert "schedule_scale: 0.005 -> 0.01" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--trainer", "nope"], "unknown trainer"),
+        (["--set", "wd"], "KEY=VALUE"),
+        (["--set", "bogus=1"], "unknown training option"),
+        (["--batch-size", "30", "--micro-batches", "4"], "must divide"),
+        (["--device", "tpu9"], "unknown device"),
+        (["--data", "nosuch"], "nosuch"),
+    ],
+)
+def test_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str],
+                               message: str) -> None:
+    assert main([*ARGS, "--out", str(tmp_path / "r"), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_unknown_space(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "no-such-space", "--out", str(tmp_path / "r")]) == 2
+    assert "no-such-space" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_sigkill_mid_phase_then_resume(tmp_path: Path, finished: Path) -> None:
+    """Kill the run once the kernel phase has finished; --resume continues without redoing finished epochs and
+    ends where the uninterrupted run ended."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "nasforge", *ARGS, "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker = out / "checkpoints" / "phase-2-kernel.pt"
+    deadline = time.monotonic() + 240
+    try:
+        while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert marker.exists(), "the kernel phase never finished"
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (out / "supernet.pt").exists(), "training finished before the kill"
+    res = run_cli(*[a for a in ARGS if a != "--quiet"], "--out", str(out), "--resume")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "teacher epoch 1/6" not in res.stderr and "expand-2 epoch 6/6" in res.stderr
+    history = json.loads((out / "train_history.json").read_text())
+    reference = json.loads((finished / "train_history.json").read_text())
+    assert [h["phase"] for h in history] == PHASES
+    assert history[-1]["loss"] == pytest.approx(reference[-1]["loss"], rel=1e-4)
