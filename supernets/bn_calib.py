@@ -23,6 +23,8 @@ def recalibrate_bn(model: nn.Module, batches: Iterable[torch.Tensor], max_images
     Returns:
         The number of images used.
     """
+    if max_images < 1:
+        raise ValueError(f"recalibrate_bn needs max_images >= 1, got {max_images}")
     bns = [m for m in model.modules() if isinstance(m, _BatchNorm)]
     sums: dict[_BatchNorm, list[torch.Tensor | int]] = {}
 
@@ -47,11 +49,11 @@ def recalibrate_bn(model: nn.Module, batches: Iterable[torch.Tensor], max_images
         for bn in bns:
             bn.train()
         for x in batches:
-            if seen >= max_images:
-                break
             x = x[: max_images - seen]
             model(x)
             seen += x.shape[0]
+            if seen >= max_images:  # stop before a lazy loader produces a batch that would not be used
+                break
     finally:
         for h in handles:
             h.remove()
