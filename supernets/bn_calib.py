@@ -24,7 +24,7 @@ def recalibrate_bn(model: nn.Module, batches: Iterable[torch.Tensor], max_images
         The number of images used.
     """
     if max_images < 1:
-        raise ValueError(f"recalibrate_bn needs max_images >= 1, got {max_images}")
+        raise ValueError(f"recalibrate_bn got no images (max_images={max_images}); pass max_images >= 1")
     bns = [m for m in model.modules() if isinstance(m, _BatchNorm)]
     sums: dict[_BatchNorm, list[torch.Tensor | int]] = {}
 
