@@ -20,7 +20,13 @@ from nasforge.supernets.base import (
 )
 from nasforge.supernets.bn_calib import recalibrate_bn
 from nasforge.supernets.mbv3 import ElasticMobileNetV3, MBV3Config, MobileNetV3Subnet, Stage, mbv3_cost
+from nasforge.supernets.ofa_compat import (
+    load_ofa_checkpoint,
+    nasforge_to_ofa_state_dict,
+    ofa_to_nasforge_state_dict,
+)
 from nasforge.supernets.profile import count_macs, count_params
+from nasforge.supernets.reorganize import reorganize_channels
 
 __all__ = [
     "Architecture",
@@ -38,7 +44,11 @@ __all__ = [
     "create_supernet",
     "get_supernet_entry",
     "list_supernets",
+    "load_ofa_checkpoint",
     "mbv3_cost",
+    "nasforge_to_ofa_state_dict",
+    "ofa_to_nasforge_state_dict",
     "recalibrate_bn",
     "register_supernet",
+    "reorganize_channels",
 ]

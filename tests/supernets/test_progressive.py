@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import TINY_OPTIONS
 
 from nasforge.errors import CheckpointError, ConfigError
 from nasforge.supernets import create_supernet
@@ -117,7 +116,7 @@ def test_distill_step_accumulates_then_steps_once(tiny_net, make_tiny_net, tiny_
 
 def _fit(net, data, tmp_path, cfg: dict[str, Any] | None = None, **kw: Any) -> list[dict[str, Any]]:
     trainer = _ps(**(cfg or {}))
-    return trainer.fit(net, data, supernet_name="mbv3-small", supernet_options=dict(TINY_OPTIONS),
+    return trainer.fit(net, data, supernet_name="mbv3-small", supernet_options={},
                        checkpoint_dir=tmp_path, **kw)
 
 
@@ -180,3 +179,14 @@ def test_resume_with_other_schedule_is_refused(make_tiny_net, tiny_digits, tmp_p
 def test_reference_schedule_is_data():
     assert all(dataclasses.is_dataclass(s) for s in REFERENCE_SCHEDULE)
     assert sum(s.epochs + s.warmup_epochs for s in REFERENCE_SCHEDULE) == 610
+
+
+def test_batch_layout_option():
+    from nasforge.supernets.trainers.base import batch_layout
+
+    x = torch.randn(2, 3, 8, 8)
+    assert batch_layout(x, "auto").is_contiguous(memory_format=torch.channels_last)  # CPU: channels-last
+    assert batch_layout(x, "contiguous").is_contiguous()
+    assert batch_layout(torch.randn(2, 5), "auto").shape == (2, 5)
+    with pytest.raises(ConfigError, match="memory_format"):
+        TrainConfig(memory_format="nhwc")
