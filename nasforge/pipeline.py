@@ -30,6 +30,7 @@ from nasforge.supernets import Architecture, Supernet, create_supernet
 from nasforge.supernets.checkpoint import load_supernet, save_checkpoint
 from nasforge.supernets.evaluate import calibrated_subnet, evaluate_arch, resize
 from nasforge.supernets.trainers import get_trainer
+from nasforge.train import fit_with_progress
 
 __all__ = ["RunSummary", "run_pipeline", "prepare_run_dir", "make_evaluator"]
 
@@ -145,18 +146,8 @@ def train_stage(cfg: RunConfig, data: DataSplits, out: Path, resume: bool,
         net = create_supernet(cfg.supernet.name, **options)
     tcfg = cfg.train.train_config(cfg.seed)
     trainer = get_trainer(cfg.train.trainer, tcfg)
-    total = trainer.total_epochs(net.space)
-    with reporter.task("train", total=total) as task:
-        def on_epoch(rec: dict[str, Any]) -> None:
-            task.update(rec["epoch"], f"epoch {rec['epoch']}/{total}  loss {rec['loss']:.3f}  "
-                            f"val max {rec['val_acc_max']:.3f} min {rec['val_acc_min']:.3f}")
-
-        def on_step(step: int, steps: int, epoch: int) -> None:
-            task.update(epoch + step / steps, log=False)
-
-        history = trainer.fit(net, data, supernet_name=cfg.supernet.name, supernet_options=options,
-                              checkpoint_dir=out / "checkpoints", resume=resume, on_epoch=on_epoch,
-                              on_step=on_step)
+    history = fit_with_progress(trainer, net, data, reporter, supernet_name=cfg.supernet.name,
+                                supernet_options=options, checkpoint_dir=out / "checkpoints", resume=resume)
     save_checkpoint(final, net, cfg.supernet.name, options, history=history, trainer=trainer.name)
     atomic_write_json(out / "train_history.json", history)
     return net, history

@@ -16,16 +16,16 @@ from typing import Any
 
 import torch
 
-from nasforge.data import load_data
+from nasforge.data import DataSplits, load_data
 from nasforge.distributed import init_distributed
 from nasforge.errors import ConfigError
 from nasforge.io import atomic_write_json
 from nasforge.progress import ProgressReporter
 from nasforge.supernets import Supernet, create_supernet, get_supernet_entry
 from nasforge.supernets.checkpoint import load_supernet, save_checkpoint
-from nasforge.supernets.trainers import TrainConfig, get_trainer, list_trainers
+from nasforge.supernets.trainers import TrainConfig, Trainer, get_trainer, list_trainers
 
-__all__ = ["TrainResult", "train_supernet", "TRAINER_DEFAULTS"]
+__all__ = ["TrainResult", "train_supernet", "fit_with_progress", "TRAINER_DEFAULTS"]
 
 #: Hyper-parameter defaults per trainer where the reference differs from nasforge's generic defaults.
 TRAINER_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -98,17 +98,8 @@ def train_supernet(
     reporter.log(f"training {space} with {trainer} on {data} ({len(splits.train)} images, {ctx.world_size} "
                  f"process(es) on {ctx.device}): {len(phases)} phase(s), {total} epoch(s) - "
                  + ", ".join(f"{p.name} {p.epochs}" for p in phases))
-    with reporter.task("train", total=total) as task:
-        def on_epoch(rec: dict[str, Any]) -> None:
-            task.update(rec["epoch"], f"{rec.get('phase', '')} epoch {rec['epoch']}/{total}  loss {rec['loss']:.3f}  "
-                                      f"val max {rec['val_acc_max']:.3f} min {rec['val_acc_min']:.3f}")
-
-        def on_step(step: int, steps: int, epoch: int) -> None:
-            task.update(epoch + step / steps, log=False)
-
-        history = job.fit(net, splits, supernet_name=space, supernet_options=options,
-                          checkpoint_dir=out / "checkpoints", resume=resume, on_epoch=on_epoch, on_step=on_step,
-                          dist=ctx)
+    history = fit_with_progress(job, net, splits, reporter, supernet_name=space, supernet_options=options,
+                                checkpoint_dir=out / "checkpoints", resume=resume, dist=ctx)
     net.cpu()
     if ctx.is_main:
         save_checkpoint(final, net, space, options, history=history, trainer=trainer,
@@ -120,6 +111,21 @@ def train_supernet(
             plot_training(history, out / "training.png")
     ctx.barrier()
     return TrainResult(out, net, history, final)
+
+
+def fit_with_progress(trainer: Trainer, net: Supernet, data: DataSplits, reporter: ProgressReporter,
+                      **fit_kwargs: Any) -> list[dict[str, Any]]:
+    """:meth:`Trainer.fit` with a progress bar that advances per step and a status line per epoch."""
+    total = trainer.total_epochs(net.space)
+    with reporter.task("train", total=total) as task:
+        def on_epoch(rec: dict[str, Any]) -> None:
+            task.update(rec["epoch"], f"{rec.get('phase', '')} epoch {rec['epoch']}/{total}  loss {rec['loss']:.3f}  "
+                                      f"val max {rec['val_acc_max']:.3f} min {rec['val_acc_min']:.3f}")
+
+        def on_step(step: int, steps: int, epoch: int) -> None:
+            task.update(epoch + step / steps, log=False)
+
+        return trainer.fit(net, data, on_epoch=on_epoch, on_step=on_step, **fit_kwargs)
 
 
 def _check_out(out: Path, request: dict[str, Any], resume: bool) -> None:
