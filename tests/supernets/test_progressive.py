@@ -46,7 +46,9 @@ def test_scale_keeps_proportions_and_lr_follows_the_batch():
     space = create_supernet("ofa-mbv3-w1.0").space
     tenth = _ps(schedule_scale=0.1, batch_size=256, lr_scale=0.5).phases(space)
     assert [p.epochs - p.warmup_epochs for p in tenth] == [18, 12, 2, 12, 2, 12]  # round(ref * 0.1), warm-up apart
-    assert [p.warmup_epochs for p in tenth] == [0, 0, 0, 0, 0, 0] or all(p.warmup_epochs <= 1 for p in tenth)
+    assert [p.warmup_epochs for p in tenth] == [0] * 6  # round(5 * 0.1) == 0
+    half = _ps(schedule_scale=0.5).phases(space)
+    assert [(p.epochs, p.warmup_epochs) for p in half] == [(92, 2), (62, 2), (12, 0), (62, 2), (12, 0), (62, 2)]
     assert tenth[1].lr == pytest.approx(3e-2 * 256 / 64 * 0.5)
     tiny = _ps(schedule_scale=1e-4).phases(space)
     assert all(p.epochs == 1 and p.warmup_epochs == 0 for p in tiny)  # every phase still runs
