@@ -41,12 +41,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_cmd_run)
 
     train = sub.add_parser(
-        "train", parents=[common], help="train a supernet (progressive shrinking, sandwich); torchrun-ready",
+        "train", parents=[common], help="train a supernet (progressive shrinking, DεpS, SortedNet, sandwich); torchrun-ready",
         description="Train SPACE on --data with --trainer and save checkpoints, history and the final supernet in "
                     "--out. Multi-process: torchrun --nproc_per_node N -m nasforge train ... (gloo on CPU, nccl "
                     "on GPU; --batch-size is the global batch).")
     train.add_argument("space", help="supernet / space name (see `nasforge space list`)")
-    train.add_argument("--trainer", default="ps", help="ps (Once-for-All progressive shrinking, default) or sandwich")
+    train.add_argument("--trainer", default="ps",
+                       help="ps (Once-for-All progressive shrinking, default), deps (delayed ε-shrinking), sorted "
+                            "(SortedNet), sandwich (BigNAS) or full (the largest model alone); trainer options go "
+                            "through --set, e.g. --set shrink_point=0.5 --set ramp_epochs=5 (deps), --set g_acc=4 "
+                            "--set sampling=uniform (sorted)")
     train.add_argument("--data", default="digits", help="dataset spec: digits, shapes, cifar10:DIR, folder:DIR")
     train.add_argument("--out", type=Path, help="run folder (default: runs/train-<timestamp>)")
     train.add_argument("--seed", type=int, default=0)

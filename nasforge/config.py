@@ -14,7 +14,7 @@ import yaml
 
 from nasforge.errors import ConfigError
 from nasforge.io import atomic_write_text
-from nasforge.supernets.trainers import TrainConfig, TrainHyperparams
+from nasforge.supernets.trainers import TrainConfig, TrainHyperparams, get_trainer
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -55,11 +55,18 @@ class TrainSection(TrainHyperparams):
     """The training loop's hyper-parameters (:class:`TrainHyperparams`) and which trainer runs them."""
 
     trainer: str = "sandwich"
+    trainer_options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.trainer_options, Mapping):
+            raise ConfigError(f"trainer_options must be a mapping, got {self.trainer_options!r}")
+        get_trainer(self.trainer, self.train_config(0))  # unknown trainer or bad options fail at load time
 
     def train_config(self, seed: int) -> TrainConfig:
         """The :class:`TrainConfig` of this section with the run's seed."""
         values = {f.name: getattr(self, f.name) for f in fields(TrainHyperparams)}
-        return TrainConfig(seed=seed, **values)
+        return TrainConfig(seed=seed, trainer_options=dict(self.trainer_options), **values)
 
 
 @dataclass(frozen=True)

@@ -25,11 +25,13 @@ from nasforge.supernets import Supernet, create_supernet, get_supernet_entry
 from nasforge.supernets.checkpoint import load_supernet, save_checkpoint
 from nasforge.supernets.trainers import TrainConfig, Trainer, get_trainer, list_trainers
 
-__all__ = ["TrainResult", "train_supernet", "fit_with_progress", "TRAINER_DEFAULTS"]
+__all__ = ["TrainResult", "train_supernet", "fit_with_progress", "make_train_config", "TRAINER_DEFAULTS"]
 
 #: Hyper-parameter defaults per trainer where the reference differs from nasforge's generic defaults.
 TRAINER_DEFAULTS: dict[str, dict[str, Any]] = {
     "ps": {"weight_decay": 3e-5, "label_smoothing": 0.1, "kd_weight": 1.0},
+    "deps": {"weight_decay": 3e-5, "label_smoothing": 0.1, "kd_weight": 1.0},
+    "sorted": {"label_smoothing": 0.0},
 }
 
 
@@ -58,7 +60,8 @@ def train_supernet(
         supernet_options: overrides of the supernet's config (``num_classes``/``in_channels`` come from the data).
         device: ``auto`` (default), ``cpu``, ``cuda``; under torchrun each rank takes its local GPU.
         resume: continue the run in ``out`` (its settings must match).
-        hyperparams: :class:`TrainConfig` fields (``batch_size``, ``schedule_scale``, ``lr_scale``, ...).
+        hyperparams: :class:`TrainConfig` fields (``batch_size``, ``schedule_scale``, ``lr_scale``, ...) and the
+            trainer's own options (e.g. ``shrink_point`` for ``deps``, ``g_acc`` for ``sorted``).
 
     Raises:
         ConfigError: unknown space/trainer/option, or ``out`` already holds another run.
@@ -67,8 +70,7 @@ def train_supernet(
     get_supernet_entry(space)  # unknown names fail before anything is written
     if trainer not in list_trainers():
         raise ConfigError(f"unknown trainer {trainer!r}; choose one of {list_trainers()}")
-    values = {**TRAINER_DEFAULTS.get(trainer, {}), **hyperparams}
-    config = TrainConfig.from_dict({**values, "seed": seed})
+    config = make_train_config(trainer, seed, hyperparams)
     ctx = init_distributed(device)
     out = Path(out)
     request = {"space": space, "trainer": trainer, "data": data, "image_size": image_size,
@@ -113,14 +115,34 @@ def train_supernet(
     return TrainResult(out, net, history, final)
 
 
+def make_train_config(trainer: str, seed: int, values: dict[str, Any]) -> TrainConfig:
+    """A :class:`TrainConfig` from flat ``values``: loop hyper-parameters and ``trainer``'s own options mixed
+    (the trainer's defaults from :data:`TRAINER_DEFAULTS` first); unknown names raise one ConfigError."""
+    from dataclasses import fields
+
+    from nasforge.supernets.trainers.base import TrainHyperparams, trainer_class
+
+    loop = {f.name for f in fields(TrainHyperparams)}
+    own = {f.name for f in fields(trainer_class(trainer).Options)}
+    values = {**TRAINER_DEFAULTS.get(trainer, {}), **values}
+    unknown = sorted(set(values) - loop - own - {"trainer_options"})
+    if unknown:
+        raise ConfigError(f"unknown training option(s) {unknown}; trainer {trainer!r} takes {sorted(own) or 'none'}"
+                          f" and the loop takes {sorted(loop)}")
+    options = {**values.pop("trainer_options", {}), **{k: values.pop(k) for k in list(values) if k in own}}
+    config = TrainConfig.from_dict({**values, "seed": seed, "trainer_options": options})
+    get_trainer(trainer, config)  # checks the options
+    return config
+
+
 def fit_with_progress(trainer: Trainer, net: Supernet, data: DataSplits, reporter: ProgressReporter,
                       **fit_kwargs: Any) -> list[dict[str, Any]]:
     """:meth:`Trainer.fit` with a progress bar that advances per step and a status line per epoch."""
     total = trainer.total_epochs(net.space)
     with reporter.task("train", total=total) as task:
         def on_epoch(rec: dict[str, Any]) -> None:
-            task.update(rec["epoch"], f"{rec.get('phase', '')} epoch {rec['epoch']}/{total}  loss {rec['loss']:.3f}  "
-                                      f"val max {rec['val_acc_max']:.3f} min {rec['val_acc_min']:.3f}")
+            val = f"  val max {rec['val_acc_max']:.3f} min {rec['val_acc_min']:.3f}" if "val_acc_max" in rec else ""
+            task.update(rec["epoch"], f"{rec.get('phase', '')} epoch {rec['epoch']}/{total}  loss {rec['loss']:.3f}{val}")
 
         def on_step(step: int, steps: int, epoch: int) -> None:
             task.update(epoch + step / steps, log=False)

@@ -84,6 +84,12 @@ class Supernet(nn.Module, ABC):
     def params(self, arch: Architecture | Mapping[str, Any]) -> int:
         """Exact parameter count of the extracted subnet."""
 
+    def reorganize_channels(self, expand_stage: int = 0) -> bool:
+        """Sort elastic channels by importance in place so that smaller widths keep the most important ones
+        (Once-for-All's channel re-organisation; ``expand_stage`` as in
+        :func:`nasforge.supernets.reorganize_channels`). Returns ``False`` for a family with nothing to sort."""
+        return False
+
     @abstractmethod
     def config_dict(self) -> dict[str, Any]:
         """JSON-able keyword arguments that rebuild this supernet with :func:`create_supernet`."""

@@ -310,6 +310,12 @@ class ElasticMobileNetV3(Supernet):
     def params(self, arch: Architecture | Mapping[str, Any]) -> int:
         return mbv3_cost(self.config, self.space.validate(arch))[0]
 
+    def reorganize_channels(self, expand_stage: int = 0) -> bool:
+        from nasforge.supernets.reorganize import reorganize_channels
+
+        reorganize_channels(self, expand_stage)
+        return True
+
     def config_dict(self) -> dict[str, Any]:
         return asdict(self.config)
 

@@ -10,7 +10,7 @@ import math
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -26,7 +26,8 @@ from nasforge.supernets.checkpoint import load_checkpoint, save_checkpoint
 from nasforge.supernets.evaluate import evaluate_arch, resize
 from nasforge.supernets.trainers.steps import build_optimizer, distill_loss, distill_step
 
-__all__ = ["Phase", "TrainConfig", "TrainHyperparams", "Trainer", "register_trainer", "list_trainers", "get_trainer", "EpochCallback", "StepCallback"]
+__all__ = ["Phase", "StepInfo", "TrainConfig", "TrainHyperparams", "Trainer", "TrainerOptions", "register_trainer",
+           "list_trainers", "get_trainer", "trainer_class", "EpochCallback", "StepCallback"]
 
 EpochCallback = Callable[[dict[str, Any]], None]
 StepCallback = Callable[[int, int, int], None]  # (step in epoch, steps per epoch, epoch index)
@@ -42,7 +43,8 @@ class TrainHyperparams:
     ``schedule_scale`` and ``lr_scale``; single-phase trainers use ``epochs``, ``lr`` and ``warmup_epochs``.
     ``memory_format`` is the batch layout: ``auto`` = channels-last on CPU (about 1.5x faster training steps in
     oneDNN, float32 sums in another order: ``benchmarks/ofa_step.py``), as given elsewhere; or ``channels_last``
-    / ``contiguous`` always.
+    / ``contiguous`` always. ``eval_every`` validates the corner subnets every that many epochs (the last epoch
+    of every phase always; 0 = only those).
     """
 
     epochs: int = 15
@@ -60,6 +62,7 @@ class TrainHyperparams:
     schedule_scale: float = 1.0
     lr_scale: float = 1.0
     memory_format: str = "auto"
+    eval_every: int = 1
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -70,7 +73,7 @@ class TrainHyperparams:
             "label_smoothing": 0 <= self.label_smoothing < 1, "calib_images": self.calib_images >= 1,
             "weight_decay": self.weight_decay >= 0, "kd_weight": self.kd_weight >= 0,
             "micro_batches": self.micro_batches >= 1, "schedule_scale": self.schedule_scale > 0,
-            "lr_scale": self.lr_scale > 0,
+            "lr_scale": self.lr_scale > 0, "eval_every": self.eval_every >= 0,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
@@ -91,12 +94,16 @@ class TrainHyperparams:
 
 
 def _check_types(obj: Any) -> None:
-    """Each field must have the type of its default (ints exclude bools; floats accept ints)."""
+    """Each field must have the type of its default (numbers exclude bools; floats accept ints)."""
     wrong = []
     for f in fields(obj):
+        if f.default is MISSING:  # container fields (trainer options) are checked by their owner
+            continue
         value, kind = getattr(obj, f.name), type(f.default)
         ok = isinstance(value, (int, float)) if kind is float else isinstance(value, kind)
-        if isinstance(value, bool) or not ok:
+        if kind is not bool and isinstance(value, bool):
+            ok = False
+        if not ok:
             wrong.append(f"{f.name}={value!r} (needs {'a number' if kind is float else kind.__name__})")
     if wrong:
         raise ConfigError(f"training value(s) of the wrong type: {', '.join(wrong)}")
@@ -104,9 +111,56 @@ def _check_types(obj: Any) -> None:
 
 @dataclass(frozen=True)
 class TrainConfig(TrainHyperparams):
-    """What :meth:`Trainer.fit` needs: the hyper-parameters plus the seed of data order, sampling and dropout."""
+    """What :meth:`Trainer.fit` needs: the hyper-parameters, the seed of data order, sampling and dropout, and
+    the options of the chosen trainer (``trainer_options``, checked by its :attr:`Trainer.Options`)."""
 
     seed: int = 0
+    trainer_options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.trainer_options, Mapping):
+            raise ConfigError(f"trainer_options must be a mapping, got {type(self.trainer_options).__name__}")
+        object.__setattr__(self, "trainer_options", dict(self.trainer_options))
+
+
+@dataclass(frozen=True)
+class TrainerOptions:
+    """Base of a trainer's own options (a frozen dataclass per trainer, validated on creation)."""
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], trainer: str = "") -> Any:
+        """Build from a mapping; unknown keys raise :class:`ConfigError` naming the allowed ones."""
+        allowed = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - allowed)
+        if unknown:
+            who = f"trainer {trainer!r}" if trainer else "this trainer"
+            raise ConfigError(f"unknown option(s) {unknown} for {who}; allowed: {sorted(allowed) or 'none'}")
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """Where a training step is: phase, epoch and step inside the phase, and the learning-rate schedule."""
+
+    phase_index: int
+    phase: Phase
+    epoch: int
+    step: int
+    steps_per_epoch: int
+    lr: float
+
+    def lr_at(self, phase_step: float) -> float:
+        """The schedule's learning rate at step ``phase_step`` of this phase (may be fractional or beyond it)."""
+        return self.phase.lr_at(phase_step, self.steps_per_epoch)
+
+    @property
+    def epochs_done(self) -> float:
+        """Fractional epochs of this phase finished before this step."""
+        return self.step / self.steps_per_epoch
 
 
 @dataclass(frozen=True)
@@ -123,6 +177,9 @@ class Phase:
         expand_stage: if set, channels are re-organised by importance at the start of the phase (the
             Once-for-All expand phases; 0 for the first, 1 for the second).
         distill: whether subnets distil from the trainer's teacher (if it has one).
+        lr_offset_epochs / lr_total_epochs: the phase is a slice of a longer schedule: its first epoch is epoch
+            ``lr_offset_epochs`` of one warm-up + cosine curve spanning ``lr_total_epochs`` epochs (default: the
+            phase alone). Used when one schedule is cut into phases (DεpS's full-model and shrinking parts).
     """
 
     name: str
@@ -133,13 +190,30 @@ class Phase:
     choices: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     expand_stage: int | None = None
     distill: bool = True
+    lr_offset_epochs: int = 0
+    lr_total_epochs: int | None = None
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.warmup_epochs < 0 or self.warmup_epochs > self.epochs or self.lr <= 0:
+        span = self.span_epochs
+        if self.epochs < 1 or self.warmup_epochs < 0 or self.warmup_epochs > span or self.lr <= 0:
             raise ConfigError(f"bad phase {self.name!r}: epochs={self.epochs}, warmup={self.warmup_epochs}, "
                               f"lr={self.lr} (need epochs >= 1, 0 <= warmup <= epochs, lr > 0)")
+        if self.lr_offset_epochs < 0 or self.lr_offset_epochs + self.epochs > span:
+            raise ConfigError(f"bad phase {self.name!r}: epochs {self.lr_offset_epochs}..{self.lr_offset_epochs + self.epochs}"
+                              f" do not fit in its {span}-epoch schedule")
         if self.subnets_per_step < 1:
             raise ConfigError(f"phase {self.name!r} needs at least one subnet per step")
+
+    @property
+    def span_epochs(self) -> int:
+        """Epochs of the learning-rate curve this phase is part of."""
+        return self.epochs if self.lr_total_epochs is None else self.lr_total_epochs
+
+    def lr_at(self, step: float, steps_per_epoch: int) -> float:
+        """Learning rate at step ``step`` of this phase (linear warm-up, then cosine to zero, per iteration)."""
+        offset = self.lr_offset_epochs * steps_per_epoch
+        return _lr_at(offset + step, self.span_epochs * steps_per_epoch, self.warmup_epochs * steps_per_epoch,
+                      self.lr)
 
     def space(self, full: SearchSpace) -> SearchSpace:
         """``full`` restricted to this phase's choices (unknown dimensions or values raise ConfigError)."""
@@ -173,10 +247,14 @@ class Trainer(ABC):
     #: all subnets of a step share one input resolution, sampled per batch (Once-for-All); otherwise each
     #: subnet runs at its own ``r``
     shared_resolution: ClassVar[bool] = False
+    #: the trainer's own options (``TrainConfig.trainer_options``); none by default
+    Options: ClassVar[type[TrainerOptions]] = TrainerOptions
 
     def __init__(self, config: TrainConfig) -> None:
         self.config = config
+        self.options = self.Options.from_dict(config.trainer_options, self.name)
         self.teacher: nn.Module | None = None
+        self._passes: dict[str, int] = {}
 
     # -- what subclasses define -------------------------------------------------------------------------------
     def phases(self, space: SearchSpace) -> list[Phase]:
@@ -193,6 +271,17 @@ class Trainer(ABC):
         """Loss of the ``index``-th subnet of a step (``teacher``: detached teacher logits, if any)."""
         cfg = self.config
         return distill_loss(logits, targets, teacher, cfg.label_smoothing, cfg.kd_weight)
+
+    def subnet_weights(self, step: StepInfo, archs: list[Architecture]) -> list[float] | None:
+        """Gradient weight of each subnet of a step (``None``: all 1). The summed gradient is
+        ``sum_s w_s * grad L_s``, so a weight is the subnet's learning rate relative to the step's."""
+        return None
+
+    @property
+    def aggregation(self) -> str:
+        """How the weighted subnet gradients combine: ``sum``, or ``mean`` (per weight element, divided by the
+        summed weights of the subnets that use it)."""
+        return "sum"
 
     def start_phase(self, net: Supernet, index: int, phase: Phase, *, fresh: bool,  # noqa: B027
                     checkpoint_dir: Path | None) -> None:
@@ -221,6 +310,9 @@ class Trainer(ABC):
         """
         cfg = self.config
         ctx = dist or DistContext()
+        if self.aggregation == "mean" and ctx.world_size > 1:
+            raise ConfigError("the 'mean' gradient aggregation needs each subnet's own gradient, which DDP "
+                              "all-reduces away; use aggregation 'sum' under torchrun")
         per_rank = ctx.world_size * cfg.micro_batches
         if cfg.batch_size % per_rank:
             raise ConfigError(f"batch_size {cfg.batch_size} must divide by processes x micro_batches = {per_rank}")
@@ -235,6 +327,7 @@ class Trainer(ABC):
             start_phase, start_epoch, opt_state, history = self._restore(net, ckpt, phases)
         steps_per_epoch = max(1, len(data.train) // cfg.batch_size)
         global_epoch = sum(p.epochs for p in phases[:start_phase]) + start_epoch
+        self._passes = dict(history[-1].get("passes", {})) if history else {}
         for p in range(start_phase, len(phases)):
             phase = phases[p]
             pspace = phase.space(net.space)
@@ -245,14 +338,15 @@ class Trainer(ABC):
             if opt_state is not None and first > 0:
                 opt.load_state_dict(opt_state)
             opt_state = None
-            total_steps = phase.epochs * steps_per_epoch
             for epoch in range(first, phase.epochs):
                 record = self._epoch(net, model, opt, data, ctx, pspace, phase, p, epoch, steps_per_epoch,
-                                     total_steps, global_epoch, on_step)
+                                     global_epoch, on_step)
                 global_epoch += 1
                 record["epoch"] = global_epoch
                 if ctx.is_main:
-                    record.update(self.validate(net, data, pspace, ctx.device))
+                    last = epoch + 1 == phase.epochs
+                    if last or (cfg.eval_every and global_epoch % cfg.eval_every == 0):
+                        record.update(self.validate(net, data, pspace, ctx.device))
                     history.append(record)
                     if ckpt is not None:
                         self._save(ckpt, net, supernet_name, supernet_options, opt, p, epoch + 1, history)
@@ -267,7 +361,7 @@ class Trainer(ABC):
         return history
 
     def _epoch(self, net: Supernet, model: nn.Module, opt: torch.optim.Optimizer, data: Any, ctx: DistContext,
-               space: SearchSpace, phase: Phase, p: int, epoch: int, steps_per_epoch: int, total_steps: int,
+               space: SearchSpace, phase: Phase, p: int, epoch: int, steps_per_epoch: int,
                global_epoch: int, on_step: StepCallback | None) -> dict[str, Any]:
         cfg = self.config
         net.train()
@@ -275,15 +369,17 @@ class Trainer(ABC):
         gen = torch.Generator().manual_seed(epoch_seed)
         teacher = self.teacher if phase.distill else None
         losses = []
+        passes = self._passes
         with torch.random.fork_rng(devices=[]):
             batches = data.train.batches(cfg.batch_size, shuffle=True, generator=gen, drop_last=True)
             for i, (x, y) in enumerate(batches):
                 step = epoch * steps_per_epoch + i
-                lr = _lr_at(step, total_steps, warmup_steps=phase.warmup_epochs * steps_per_epoch, base=phase.lr)
+                lr = phase.lr_at(step, steps_per_epoch)
                 for group in opt.param_groups:
                     group["lr"] = lr
                 rng = random.Random(epoch_seed * 100_000 + i)  # same subnets on every rank, and after a resume
                 archs = self.step_archs(space, rng, phase)
+                weights = self.subnet_weights(StepInfo(p, phase, epoch, step, steps_per_epoch, lr), archs)
                 x = ctx.shard(x).to(ctx.device, non_blocking=True)
                 y = ctx.shard(y).to(ctx.device, non_blocking=True)
                 if self.shared_resolution:
@@ -298,11 +394,17 @@ class Trainer(ABC):
                     first_chunk=ctx.rank * cfg.micro_batches, loss_fn=self.subnet_loss,
                     inplace_teacher=self.inplace_teacher,
                     resolution_of=None if self.shared_resolution else net.resolution,
+                    weights=weights, aggregation=self.aggregation,
                 ))
+                # cost in sub-model passes over one global batch (forward + backward; teacher: forward only)
+                passes["subnet"] = passes.get("subnet", 0) + len(archs)
+                if teacher is not None:
+                    passes["teacher"] = passes.get("teacher", 0) + 1
                 if on_step and ctx.is_main:
                     on_step(i + 1, steps_per_epoch, global_epoch)
         loss = ctx.mean(sum(losses) / max(1, len(losses)))
-        return {"phase": phase.name, "phase_epoch": epoch + 1, "loss": loss, "lr": opt.param_groups[0]["lr"]}
+        return {"phase": phase.name, "phase_epoch": epoch + 1, "loss": loss, "lr": opt.param_groups[0]["lr"],
+                "passes": dict(passes)}
 
     def _save(self, path: Path, net: Supernet, supernet_name: str, supernet_options: dict[str, Any] | None,
               opt: torch.optim.Optimizer, phase: int, epoch: int, history: list[dict[str, Any]]) -> None:
@@ -385,12 +487,17 @@ def register_trainer(name: str) -> Callable[[type[Trainer]], type[Trainer]]:
 
 def list_trainers() -> list[str]:
     """Names of the registered trainers."""
-    from nasforge.supernets.trainers import progressive, sandwich  # noqa: F401  (registers the built-ins)
+    from nasforge.supernets.trainers import deps, full, progressive, sandwich, sorted  # noqa: F401  (built-ins)
 
     return _TRAINERS.names()
 
 
-def get_trainer(name: str, config: TrainConfig) -> Trainer:
-    """An instance of the trainer called ``name``."""
+def trainer_class(name: str) -> type[Trainer]:
+    """The trainer class registered as ``name`` (ConfigError listing the known names otherwise)."""
     list_trainers()
-    return _TRAINERS.get(name)(config)
+    return _TRAINERS.get(name)
+
+
+def get_trainer(name: str, config: TrainConfig) -> Trainer:
+    """An instance of the trainer called ``name`` (its options are checked here)."""
+    return trainer_class(name)(config)

@@ -106,9 +106,7 @@ class ProgressiveShrinkingTrainer(Trainer):
         if phase.distill and self.teacher is None and index > 0:
             self.teacher = self._load_teacher(net, checkpoint_dir)
         if fresh and phase.expand_stage is not None:
-            from nasforge.supernets.reorganize import reorganize_channels
-
-            reorganize_channels(net, phase.expand_stage)  # type: ignore[arg-type]
+            net.reorganize_channels(phase.expand_stage)
 
     def end_phase(self, net: Supernet, index: int, phase: Phase) -> None:
         if index == 0:

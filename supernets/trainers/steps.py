@@ -40,7 +40,8 @@ def distill_step(
     kd_weight: float = 1.0, model: nn.Module | None = None, micro_batches: int = 1,
     no_sync: Callable[[], ContextManager[None]] | None = None, step_seed: int | None = None, first_chunk: int = 0,
     loss_fn: LossFn | None = None, inplace_teacher: bool = False,
-    resolution_of: Callable[[Architecture], int] | None = None,
+    resolution_of: Callable[[Architecture], int] | None = None, weights: Sequence[float] | None = None,
+    aggregation: str = "sum",
 ) -> float:
     """One weight-sharing step: the gradients of every subnet in ``archs`` accumulate, then one update.
 
@@ -60,10 +61,23 @@ def distill_step(
             is reproducible however the batch is split across processes.
         first_chunk: global index of this process's first chunk (its rank when each rank holds one chunk).
         loss_fn: ``(index, logits, targets, teacher_logits) -> loss``; default :func:`distill_loss`.
+        weights: per-subnet gradient weights ``beta_s`` (default 1): the step's gradient is
+            ``sum_s beta_s * grad L_s``, i.e. each subnet's learning rate is ``beta_s`` times the step's.
+        aggregation: ``sum`` (above), or ``mean``: every weight element's gradient is divided by the summed
+            ``beta_s`` of the subnets that touched it (DεpS's ``avg``). Whether a subnet touched an element is
+            read from its gradient being non-zero, so ``mean`` needs one process (not DDP).
 
     Returns:
-        The summed loss of the subnets (mean over the batch).
+        The weighted sum of the subnets' losses (each a mean over the batch).
     """
+    if aggregation not in ("sum", "mean"):
+        raise ValueError(f"aggregation {aggregation!r} is not 'sum' or 'mean'")
+    betas = [1.0] * len(archs) if weights is None else [float(w) for w in weights]
+    if len(betas) != len(archs):
+        raise ValueError(f"{len(betas)} weights for {len(archs)} subnets")
+    params = [p for p in net.parameters() if p.requires_grad] if aggregation == "mean" else []
+    before: list[torch.Tensor | None] = [None] * len(params)
+    touched: list[list[torch.Tensor | None]] = [[None] * len(params) for _ in archs]
     model = model if model is not None else net
     if loss_fn is None:
         def loss_fn(i: int, logits: torch.Tensor, t: torch.Tensor, tl: torch.Tensor | None) -> torch.Tensor:
@@ -92,12 +106,41 @@ def distill_step(
             with ctx:
                 logits = model(inp)
                 loss = loss_fn(i, logits, yc, teacher_logits)
-                (loss * share).backward()
-            total += float(loss.detach()) * share
+                (loss * (share * betas[i])).backward()
+            total += float(loss.detach()) * share * betas[i]
+            if params:
+                _mark_touched(params, before, touched[i])
             if inplace_teacher and i == 0:
                 teacher_logits = logits.detach()
+    if params:
+        _average(params, touched, betas)
     optimizer.step()
     return total
+
+
+def _mark_touched(params: list[nn.Parameter], before: list[torch.Tensor | None],
+                  touched: list[torch.Tensor | None]) -> None:
+    """OR into ``touched`` the elements whose gradient changed since ``before``; then update ``before``."""
+    for k, p in enumerate(params):
+        if p.grad is None:
+            continue
+        prev = before[k]
+        delta = p.grad != 0 if prev is None else p.grad != prev
+        touched[k] = delta if touched[k] is None else touched[k] | delta  # type: ignore[operator]
+        before[k] = p.grad.detach().clone()
+
+
+def _average(params: list[nn.Parameter], touched: list[list[torch.Tensor | None]], betas: list[float]) -> None:
+    """Divide each gradient element by the summed weights of the subnets that touched it."""
+    for k, p in enumerate(params):
+        if p.grad is None:
+            continue
+        norm = torch.zeros_like(p.grad)
+        for s, beta in enumerate(betas):
+            mask = touched[s][k]
+            if mask is not None:
+                norm += beta * mask
+        p.grad.div_(torch.where(norm > 0, norm, torch.ones_like(norm)))
 
 
 def build_optimizer(net: nn.Module, *, name: str = "sgd", lr: float = 0.1, momentum: float = 0.9,
