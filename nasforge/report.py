@@ -87,7 +87,8 @@ def plot_training(history: list[dict[str, Any]], path: Path) -> Path:
     loss_ax.set(xlabel="epoch", ylabel="summed loss of a step's subnets", title="training loss")
     _mark_phases(history, (loss_ax, acc_ax))
     for key, label, color in (("val_acc_max", "largest subnet", "tab:red"), ("val_acc_min", "smallest subnet", "tab:green")):
-        acc_ax.plot(epochs, [h[key] for h in history], marker="o", label=label, color=color)
+        seen = [h for h in history if key in h]  # eval_every > 1 validates some epochs only
+        acc_ax.plot([h["epoch"] for h in seen], [h[key] for h in seen], marker="o", label=label, color=color)
     acc_ax.set(xlabel="epoch", ylabel="validation accuracy", title="corner subnets (BN recalibrated)")
     acc_ax.legend(loc="lower right")
     for ax in (loss_ax, acc_ax):

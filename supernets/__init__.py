@@ -27,6 +27,7 @@ from nasforge.supernets.ofa_compat import (
 )
 from nasforge.supernets.profile import count_macs, count_params
 from nasforge.supernets.reorganize import reorganize_channels
+from nasforge.supernets.sorted import SortedModule, SortedNetwork  # more in nasforge.supernets.sorted
 
 __all__ = [
     "Architecture",
@@ -36,6 +37,8 @@ __all__ = [
     "MBV3Config",
     "MobileNetV3Subnet",
     "SearchSpace",
+    "SortedModule",
+    "SortedNetwork",
     "Stage",
     "Supernet",
     "SupernetEntry",

@@ -142,3 +142,4 @@ def create_supernet(name: str, **overrides: Any) -> Supernet:
 def _load_builtin() -> None:
     # Importing the family modules registers their members; done on first use, not at import time.
     from nasforge.supernets import mbv3  # noqa: F401
+    from nasforge.supernets.sorted import models  # noqa: F401

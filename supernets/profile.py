@@ -14,6 +14,7 @@ def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
     """Multiply-accumulates of every ``nn.Conv2d`` and ``nn.Linear`` for ONE input of ``input_shape`` (C, H, W).
 
     Measured from the real output shapes of a forward pass, so it checks the analytic formulas independently.
+    A module that defines ``extra_macs(inputs, output) -> int`` (e.g. attention's matmuls) adds that count too.
     """
     total = 0
 
@@ -26,12 +27,18 @@ def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
         nonlocal total
         total += out[0].numel() * m.in_features
 
+    def extra_hook(m: nn.Module, inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        nonlocal total
+        total += int(m.extra_macs(inp, out))  # type: ignore[operator]
+
     handles = []
     for mod in model.modules():
         if isinstance(mod, nn.Conv2d):
             handles.append(mod.register_forward_hook(conv_hook))
         elif isinstance(mod, nn.Linear):
             handles.append(mod.register_forward_hook(linear_hook))
+        if callable(getattr(mod, "extra_macs", None)):
+            handles.append(mod.register_forward_hook(extra_hook))
     was_training = model.training
     try:
         model.eval()

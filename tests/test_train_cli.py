@@ -114,3 +114,26 @@ def test_sigkill_mid_phase_then_resume(tmp_path: Path, finished: Path) -> None:
     reference = json.loads((finished / "train_history.json").read_text())
     assert [h["phase"] for h in history] == PHASES
     assert history[-1]["loss"] == pytest.approx(reference[-1]["loss"], rel=1e-4)
+
+
+def test_sorted_and_deps_through_the_cli(tmp_path: Path) -> None:
+    """Trainer options travel through --set; the run folder records them; bad ones are one-line errors."""
+    out = tmp_path / "sorted"
+    res = run_cli("train", "sorted-mlp", "--trainer", "sorted", "--data", "digits", "--epochs", "2", "--set",
+                  "g_acc=2", "--set", "sampling=large", "--quiet", "--out", str(out))
+    assert res.returncode == 0, res.stderr[-3000:]
+    request = json.loads((out / "train.json").read_text())
+    assert request["train_config"]["trainer_options"] == {"g_acc": 2, "sampling": "large"}
+    history = json.loads((out / "train_history.json").read_text())
+    steps = 1077 // 64
+    assert [h["passes"]["subnet"] for h in history] == [2 * steps, 4 * steps]
+    net, state = load_supernet(out / "supernet.pt")
+    assert state["trainer"] == "sorted" and net.space.size() == 160
+    res = run_cli("train", "sorted-mlp", "--trainer", "sorted", "--data", "digits", "--epochs", "2", "--set",
+                  "g_acc=3", "--quiet", "--out", str(out), "--resume")
+    assert res.returncode == 2 and "trainer_options" in res.stderr and "Traceback" not in res.stderr
+    for bad, needle in ((["--set", "shrink_point=2"], "shrink_point"), (["--set", "g_acc=2"], "g_acc")):
+        res = run_cli("train", "sorted-mlp", "--trainer", "deps", "--data", "digits", "--epochs", "2", *bad,
+                      "--quiet", "--out", str(tmp_path / "deps"))
+        assert res.returncode == 2 and needle in res.stderr and len(res.stderr.strip().splitlines()) == 1, res.stderr
+        assert not (tmp_path / "deps").exists()

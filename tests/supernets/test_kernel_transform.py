@@ -14,7 +14,7 @@ from nasforge.supernets import count_params, create_supernet, list_supernets
 from nasforge.supernets.layers import DynamicConv2d
 
 OFA_KERNELS = (3, 5, 7)
-MEMBERS = [n for n in list_supernets() if create_supernet(n).config.kernel_sizes == OFA_KERNELS]
+MEMBERS = [n for n in list_supernets() if getattr(create_supernet(n).config, "kernel_sizes", None) == OFA_KERNELS]
 
 
 def _by_hand(w7: torch.Tensor, t5: torch.Tensor, t3: torch.Tensor, k: int) -> torch.Tensor:

@@ -28,7 +28,7 @@ N_RANDOM = 5
 def _cheap(net: Supernet, arch):
     """OFA members run at their smallest resolution (128) to keep the contract test cheap on CPU."""
     arch = net.space.canonical(arch)
-    if net.space.dim("r").choices[0] >= 64:
+    if "r" in net.space.names and net.space.dim("r").choices[0] >= 64:
         arch = arch.replace(r=net.space.dim("r").choices[0])
     return arch
 
@@ -94,8 +94,9 @@ def test_supernet_contract(name, perturb):
         assert net.macs(arch) == count_macs(sub, net.input_shape(arch))
 
 
-@pytest.mark.parametrize("name", list_supernets())
+@pytest.mark.parametrize("name", [n for n in list_supernets() if not n.startswith("sorted-")])
 def test_extract_does_not_change_the_active_arch(name):
+    """(The sorted members check the same in test_sorted_models.py.)"""
     net = create_supernet(name).eval()
     a = net.set_active(_cheap(net, net.space.sample(1)))
     x = torch.randn(1, *net.input_shape(a))
