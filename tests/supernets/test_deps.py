@@ -191,3 +191,24 @@ def test_optimizer_sees_the_ramp_in_the_update(tiny_net, tiny_digits):
     for n, p in tiny_net.named_parameters():
         if n in ref:
             assert torch.allclose(p.detach(), before[n] - 0.1 * ref[n], atol=1e-6), n
+
+
+def test_fit_hands_the_ramp_to_each_step(make_tiny_net, tiny_digits, monkeypatch):
+    """In a real run the full phase has no weights, the ramp grows over the S epochs, then every beta is 1."""
+    from nasforge.supernets.trainers import base
+
+    seen: list[list[float] | None] = []
+    real = base.distill_step
+
+    def spy(*args: Any, **kw: Any) -> float:
+        seen.append(None if kw.get("weights") is None else list(kw["weights"]))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(base, "distill_step", spy)
+    _deps(epochs=4, ramp_epochs=1, eval_every=0).fit(make_tiny_net(0), tiny_digits, supernet_name="mbv3-small")
+    spe = len(tiny_digits.train) // 32  # T=4, T_w=2, S=1: full epoch 0, ramp epoch 1, beta 1 in epochs 2-3
+    assert seen[:spe] == [None] * spe
+    ramp = [w[1] for w in seen[spe : 2 * spe]]
+    assert all(w[0] == 1.0 and len(set(w[1:])) == 1 for w in seen[spe:])
+    assert ramp == sorted(ramp) and 0 < ramp[0] < ramp[-1] < 1.01 and ramp[0] == pytest.approx(ramp[-1] / spe, rel=0.3)
+    assert all(w == [1.0] * 4 for w in seen[2 * spe :])
