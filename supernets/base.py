@@ -25,6 +25,12 @@ class Supernet(nn.Module, ABC):
     give exact analytic costs of any architecture without building it.
     """
 
+    #: training batches may use the channels-last layout on CPU (``memory_format="auto"``). Off by default: in
+    #: PyTorch 2.13's CPU backend the backward of a strided 1x1 convolution on a channels-last batch corrupts the
+    #: heap (e.g. 64x4x16x16 input, 8 outputs, stride 2: a ResNet downsampling shortcut), so a family opts in once
+    #: its layers are known to be safe (the MobileNetV3 family has no strided 1x1 convolution).
+    channels_last_training: bool = False
+
     def __init__(self, space: SearchSpace) -> None:
         super().__init__()
         self._space = space

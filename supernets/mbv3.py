@@ -211,6 +211,8 @@ class MobileNetV3Subnet(nn.Module):
 class ElasticMobileNetV3(Supernet):
     """Weight-sharing MobileNetV3 supernet (Once-for-All style) built from an :class:`MBV3Config`."""
 
+    channels_last_training = True
+
     def __init__(self, config: MBV3Config, name: str = "mbv3") -> None:
         super().__init__(config.space(name))
         self.config = config

@@ -41,9 +41,10 @@ class TrainHyperparams:
     gradients accumulate (less memory; the same arithmetic as that many DDP processes). Multi-phase trainers
     (progressive shrinking) take their epochs and learning rates from their reference schedule, multiplied by
     ``schedule_scale`` and ``lr_scale``; single-phase trainers use ``epochs``, ``lr`` and ``warmup_epochs``.
-    ``memory_format`` is the batch layout: ``auto`` = channels-last on CPU (about 1.5x faster training steps in
-    oneDNN, float32 sums in another order: ``benchmarks/ofa_step.py``), as given elsewhere; or ``channels_last``
-    / ``contiguous`` always. ``eval_every`` validates the corner subnets every that many epochs (the last epoch
+    ``memory_format`` is the batch layout: ``auto`` = channels-last on CPU for supernet families that opt in
+    (MobileNetV3: about 1.5x faster training steps in oneDNN, float32 sums in another order:
+    ``benchmarks/ofa_step.py``; see :attr:`Supernet.channels_last_training`), as given elsewhere; or
+    ``channels_last`` / ``contiguous`` always. ``eval_every`` validates the corner subnets every that many epochs (the last epoch
     of every phase always; 0 = only those).
     """
 
@@ -310,6 +311,9 @@ class Trainer(ABC):
         """
         cfg = self.config
         ctx = dist or DistContext()
+        if cfg.memory_format == "channels_last" and not net.channels_last_training and ctx.device.type == "cpu":
+            raise ConfigError(f"memory_format 'channels_last' is not safe for {type(net).__name__} on CPU (PyTorch's "
+                              "strided 1x1 convolution backward corrupts memory there); use 'auto' or 'contiguous'")
         if self.aggregation == "mean" and ctx.world_size > 1:
             raise ConfigError("the 'mean' gradient aggregation needs each subnet's own gradient, which DDP "
                               "all-reduces away; use aggregation 'sum' under torchrun")
@@ -368,6 +372,7 @@ class Trainer(ABC):
         epoch_seed = cfg.seed * 100_003 + p * 1_009 + epoch
         gen = torch.Generator().manual_seed(epoch_seed)
         teacher = self.teacher if phase.distill else None
+        layout = cfg.memory_format if net.channels_last_training or cfg.memory_format != "auto" else "contiguous"
         losses = []
         passes = self._passes
         with torch.random.fork_rng(devices=[]):
@@ -387,7 +392,7 @@ class Trainer(ABC):
                     if r is not None:
                         archs = [a.replace(r=r) for a in archs]
                         x = resize(x, r)
-                x = batch_layout(x, cfg.memory_format)
+                x = batch_layout(x, layout)
                 losses.append(distill_step(
                     net, opt, x, y, archs, teacher, model=model, micro_batches=cfg.micro_batches,
                     no_sync=ctx.no_sync(model), step_seed=epoch_seed * 100_000 + i,

@@ -95,3 +95,22 @@ def test_make_train_config_splits_loop_and_trainer_options():
         make_train_config("sorted", 0, {"g_acc": 0})
     with pytest.raises(ConfigError):
         make_train_config("sorted", 0, {"kd": "yes"})
+
+
+def test_sorted_resnet_trains_in_a_safe_layout(tiny_digits):
+    """A ResNet's strided 1x1 shortcut crashes PyTorch's CPU backward on channels-last batches (heap corruption):
+    'auto' must pick the contiguous layout for it, and an explicit 'channels_last' is refused in one line."""
+    import dataclasses
+
+    from nasforge.data import Split
+    from nasforge.supernets import create_supernet
+
+    data = dataclasses.replace(tiny_digits, train=Split(tiny_digits.train.x[:64], tiny_digits.train.y[:64]))
+    net = create_supernet("sorted-resnet", in_channels=1, num_classes=10)
+    assert not net.channels_last_training and create_supernet("mbv3-small").channels_last_training
+    history = get_trainer("sorted", TrainConfig(epochs=1, batch_size=64, calib_images=32)).fit(
+        net, data, supernet_name="sorted-resnet")
+    assert history[-1]["passes"]["subnet"] == 4
+    with pytest.raises(ConfigError, match="channels_last"):
+        get_trainer("sorted", TrainConfig(epochs=1, memory_format="channels_last")).fit(
+            net, data, supernet_name="sorted-resnet")
