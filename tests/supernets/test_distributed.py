@@ -32,20 +32,22 @@ def _env() -> dict[str, str]:
 
 
 @pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed next to this Python")
-def test_two_process_ddp_matches_one_process(tmp_path):
+@pytest.mark.parametrize("trainer", ["ps", "deps"])
+def test_two_process_ddp_matches_one_process(tmp_path, trainer):
     """2 gloo processes x 16 images == 1 process accumulating 2 micro-batches of 16 (global batch 32).
 
     Tolerance: 2e-4 absolute on every parameter after 6 steps (3 teacher steps, 3 steps of 4 subnets each).
     DDP averages the two ranks' summed subnet gradients while one process sums them in another order, so
     rounding differs (measured ~6e-5); the teacher steps, with one subnet, agree bit for bit. Both ranks must end
-    with identical weights, and the weights must move far more than the tolerance.
+    with identical weights, and the weights must move far more than the tolerance. ``deps``: 3 full-model steps,
+    then 3 sandwich steps whose subnets carry ε-ramp gradient weights below 1.
     """
     port = _free_port()
     cmd = [str(TORCHRUN), "--nnodes", "1", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(port), str(WORKER), str(tmp_path / "ddp"), "1", "2"]
+           "--master_port", str(port), str(WORKER), str(tmp_path / "ddp"), "1", "2", trainer]
     proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    one = subprocess.run([sys.executable, str(WORKER), str(tmp_path / "one"), "2", "1"], env=_env(),
+    one = subprocess.run([sys.executable, str(WORKER), str(tmp_path / "one"), "2", "1", trainer], env=_env(),
                          capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr[-3000:]
     r0, r1 = (torch.load(tmp_path / f"ddp.rank{r}") for r in (0, 1))
