@@ -9,6 +9,8 @@ kernel fixed at 3 as DεpS fixes it at 7; 16x16 input) trained by
 - ``deps``: DεpS, T=40 epochs, shrink point 50% (T_w=20), ε ramp S=5, sandwich of 4, lr 0.1;
 - ``deps-noramp``: the same, but the subnets start at full rate at epoch 15 (where the ramp would start), so the
   cost is identical and only the ramp differs;
+- ``deps-late``: the reference's "no ramp" setting (``ramp_epochs=0``): subnets start at full rate at T_w=20,
+  so it is 13% cheaper (100 instead of 115 pass-epochs);
 - ``ps``: Once-for-All progressive shrinking, all six phases, ``--scale 0.1`` (its reference lrs);
 - ``sandwich``: BigNAS sandwich (4 subnets per step) from the start, 29 epochs, lr 0.1.
 
@@ -48,6 +50,7 @@ COMMON = {"batch_size": 64, "eval_every": 0, "calib_images": 500}
 CNN_RUNS: dict[str, tuple[str, dict[str, Any]]] = {
     "deps": ("deps", {"epochs": 40, "lr": 0.1, "warmup_epochs": 0, "shrink_point": 0.5, "ramp_epochs": 5}),
     "deps-noramp": ("deps", {"epochs": 40, "lr": 0.1, "warmup_epochs": 0, "shrink_point": 0.375, "ramp_epochs": 0}),
+    "deps-late": ("deps", {"epochs": 40, "lr": 0.1, "warmup_epochs": 0, "shrink_point": 0.5, "ramp_epochs": 0}),
     "ps": ("ps", {"schedule_scale": 0.1}),
     "sandwich": ("sandwich", {"epochs": 29, "lr": 0.1, "warmup_epochs": 0, "num_random": 2}),
 }
@@ -137,10 +140,12 @@ def report_cnn(results: list[dict[str, Any]]) -> str:
         gap = [small[("deps", s)] - small[("ps", s)] for s in seeds]
         lines.append(f"- smallest subnet, DεpS - PS (paired by seed): {_mean_sd(gap)} (goal >= +0.05); "
                      f"per seed {[round(g, 4) for g in gap]}")
-    if all(("deps", s) in small and ("deps-noramp", s) in small for s in seeds):
-        gap = [small[("deps", s)] - small[("deps-noramp", s)] for s in seeds]
-        lines.append(f"- smallest subnet, DεpS - DεpS without the ε ramp: {_mean_sd(gap)} (goal >= +0.01); "
-                     f"per seed {[round(g, 4) for g in gap]}")
+    for other, what in (("deps-noramp", "without the ε ramp, same start"), ("deps-late", "without the ε ramp, "
+                                                                                        "start at T_w")):
+        if all(("deps", s) in small and (other, s) in small for s in seeds):
+            gap = [small[("deps", s)] - small[(other, s)] for s in seeds]
+            lines.append(f"- smallest subnet, DεpS - DεpS {what}: {_mean_sd(gap)} (goal >= +0.01); "
+                         f"per seed {[round(g, 4) for g in gap]}")
     return "\n".join(lines)
 
 
