@@ -1,8 +1,8 @@
-"""The Optuna searcher: TPE, NSGA-II or random sampling over a :class:`SearchSpace`, resumable from storage.
+"""The Optuna searcher: TPE, NSGA-II, NSGA-III, GP or random sampling over a :class:`SearchSpace`, resumable.
 
 Each position of each dimension is one categorical parameter (``ks_0`` ... ``ks_11``, ``r``). Constraints are
 reported per trial with ``Trial.set_constraint`` (Optuna 5; the value is the relative violation, ``<= 0`` is
-feasible); TPE and NSGA-II read them back from ``FrozenTrial.constraints`` on their own, so no
+feasible); TPE and NSGA-II read them back from ``FrozenTrial.constraints`` on their own (so do NSGA-III and the GP sampler), so no
 ``constraints_func`` (deprecated in Optuna 5) is passed.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
@@ -25,9 +26,11 @@ from ._objectives import Constraint, Objective
 from ._result import SearchResult, TrialRecord, build_front
 from ._storage import describe_storage, resolve_storage
 
-__all__ = ["OPTUNA_SAMPLERS", "OptunaSearcher", "param_name"]
+__all__ = ["GP_MAX_TRIALS", "OPTUNA_SAMPLERS", "OptunaSearcher", "param_name"]
 
-OPTUNA_SAMPLERS = ("tpe", "nsga2", "random")
+OPTUNA_SAMPLERS = ("tpe", "nsga2", "nsga3", "gp", "random")
+#: the GP sampler refits a Gaussian process on every trial (cubic in the trials): more than this is refused
+GP_MAX_TRIALS = 300
 _ATTR_ARCH = "arch"
 _ATTR_METRICS = "metrics"
 _ATTR_ERROR = "error"
@@ -52,9 +55,11 @@ class OptunaSearcher(Searcher):
     """Search with an Optuna sampler; the study is resumable from journal or database storage.
 
     Args:
-        sampler: ``"tpe"`` (default; Optuna's multi-objective TPE), ``"nsga2"`` or ``"random"``.
-        n_startup_trials: random trials before TPE starts modelling.
-        population_size: NSGA-II generation size; ``None`` picks ``n_trials // 4`` clipped to [10, 50].
+        sampler: ``"tpe"`` (default; Optuna's multi-objective TPE), ``"nsga2"``, ``"nsga3"`` (reference-point
+            NSGA-III, for 3 or more objectives), ``"gp"`` (Gaussian-process Bayesian optimisation; at most
+            :data:`GP_MAX_TRIALS` trials, since each trial refits the GP) or ``"random"``.
+        n_startup_trials: random trials before TPE or the GP starts modelling.
+        population_size: NSGA-II/III generation size; ``None`` picks ``n_trials // 4`` clipped to [10, 50].
 
     Raises:
         ConfigError: on an unknown sampler or a non-positive size.
@@ -75,9 +80,19 @@ class OptunaSearcher(Searcher):
         """A fresh, seeded Optuna sampler of the configured kind."""
         if self.sampler == "tpe":
             return optuna.samplers.TPESampler(seed=seed, n_startup_trials=self.n_startup_trials)
+        size = self.population_size or int(np.clip(n_trials // 4, 10, 50))
         if self.sampler == "nsga2":
-            size = self.population_size or int(np.clip(n_trials // 4, 10, 50))
             return optuna.samplers.NSGAIISampler(seed=seed, population_size=size)
+        if self.sampler == "nsga3":
+            with warnings.catch_warnings():  # "experimental" in Optuna 5: a warning per study is noise for users
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.samplers.NSGAIIISampler(seed=seed, population_size=size)
+        if self.sampler == "gp":
+            if n_trials > GP_MAX_TRIALS:
+                raise ConfigError(f"the gp sampler refits a Gaussian process every trial; {n_trials} trials is "
+                                  f"more than its cap of {GP_MAX_TRIALS}: use fewer trials or sampler tpe/nsga2")
+            return optuna.samplers.GPSampler(seed=seed, n_startup_trials=self.n_startup_trials,
+                                             deterministic_objective=False, warn_independent_sampling=False)
         return optuna.samplers.RandomSampler(seed=seed)
 
     def search(

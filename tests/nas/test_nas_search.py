@@ -83,7 +83,7 @@ def test_search_front_is_nondominated(sampler: str, toy_space: SearchSpace, coun
     _assert_valid_front(result)
 
 
-@pytest.mark.parametrize("sampler", ["tpe", "nsga2"])
+@pytest.mark.parametrize("sampler", ["tpe", "nsga2", "nsga3", "gp"])
 def test_constraint_keeps_front_feasible(sampler: str, toy_space: SearchSpace, metrics_fn, random_macs) -> None:
     bound = float(np.quantile(random_macs, 0.3))
     result = run_search(toy_space, metrics_fn, constraints=[f"macs<={bound}"], n_trials=30, sampler=sampler)
@@ -235,3 +235,10 @@ def test_initial_architectures_run_first_and_only_once(tmp_path, toy_space: Sear
     again = CountingEvaluator()
     run_search(toy_space, again, n_trials=7, sampler="random", storage=storage, initial=initial)
     assert again.calls == 2 and not set(again.seen) & set(initial)
+
+
+def test_gp_sampler_has_a_trial_cap(toy_space: SearchSpace, metrics_fn) -> None:
+    from nasforge.nas._optuna import GP_MAX_TRIALS
+
+    with pytest.raises(ConfigError, match="gp"):
+        run_search(toy_space, metrics_fn, n_trials=GP_MAX_TRIALS + 1, sampler="gp")
