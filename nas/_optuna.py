@@ -22,6 +22,7 @@ from nasforge.errors import ConfigError
 from nasforge.supernets.arch import Architecture, SearchSpace
 
 from ._base import Evaluator, Progress, Searcher, register_searcher
+from ._heartbeat import Heartbeat, reap_dead_trials
 from ._objectives import Constraint, Objective
 from ._result import SearchResult, TrialRecord, build_front
 from ._storage import describe_storage, resolve_storage
@@ -60,20 +61,28 @@ class OptunaSearcher(Searcher):
             :data:`GP_MAX_TRIALS` trials, since each trial refits the GP) or ``"random"``.
         n_startup_trials: random trials before TPE or the GP starts modelling.
         population_size: NSGA-II/III generation size; ``None`` picks ``n_trials // 4`` clipped to [10, 50].
+        heartbeat_interval: seconds between heartbeats of a running trial (:mod:`nasforge.nas._heartbeat`).
+        grace: seconds without a heartbeat after which a RUNNING trial counts as dead, is failed and retried
+            (default 6 intervals).
 
     Raises:
         ConfigError: on an unknown sampler or a non-positive size.
     """
 
-    def __init__(self, *, sampler: str = "tpe", n_startup_trials: int = 10, population_size: int | None = None):
+    def __init__(self, *, sampler: str = "tpe", n_startup_trials: int = 10, population_size: int | None = None,
+                 heartbeat_interval: float = 10.0, grace: float | None = None):
         if sampler not in OPTUNA_SAMPLERS:
             raise ConfigError(f"unknown Optuna sampler {sampler!r}; choose one of {list(OPTUNA_SAMPLERS)}")
         if n_startup_trials < 0:
             raise ConfigError(f"n_startup_trials={n_startup_trials} is negative; use 0 or more")
         if population_size is not None and population_size < 2:
             raise ConfigError(f"population_size={population_size} is too small; use 2 or more")
+        if heartbeat_interval <= 0 or (grace is not None and grace <= heartbeat_interval):
+            raise ConfigError(f"heartbeat_interval={heartbeat_interval} must be > 0 and grace={grace} larger than it")
         self.sampler = sampler
         self.n_startup_trials = n_startup_trials
+        self.heartbeat_interval = heartbeat_interval
+        self.grace = grace if grace is not None else 6 * heartbeat_interval
         self.population_size = population_size
 
     def make_sampler(self, seed: int, n_trials: int) -> optuna.samplers.BaseSampler:
@@ -116,9 +125,11 @@ class OptunaSearcher(Searcher):
             if not study.get_trials(deepcopy=False):
                 for arch in initial:
                     study.enqueue_trial(architecture_params(space, arch), skip_if_exists=True)
+            reap_dead_trials(study, self.grace)
             done = len(study.get_trials(deepcopy=False, states=_FINISHED))
-            runner = _TrialRunner(study, space, evaluate, objectives, constraints)
+            runner = _TrialRunner(study, space, evaluate, objectives, constraints, self.heartbeat_interval)
             for i in range(max(0, n_trials - done)):
+                reap_dead_trials(study, self.grace)
                 record = runner.run_one()
                 if progress is not None:
                     progress(done + i + 1, n_trials, record)
@@ -191,8 +202,10 @@ class _TrialRunner:
         evaluate: Evaluator,
         objectives: tuple[Objective, ...],
         constraints: tuple[Constraint, ...],
+        heartbeat_interval: float = 10.0,
     ) -> None:
         self.study, self.space, self.evaluate = study, space, evaluate
+        self.heartbeat_interval = heartbeat_interval
         self.objectives, self.constraints = objectives, constraints
         self._known: dict[str, tuple[int, dict[str, float]]] = {}
         self._indexed: set[int] = set()
@@ -201,7 +214,8 @@ class _TrialRunner:
         """Run one trial to its end (COMPLETE or FAIL) and return its record."""
         trial = self.study.ask()
         try:
-            frozen = self._complete(trial)
+            with Heartbeat(self.study, trial._trial_id, self.heartbeat_interval):
+                frozen = self._complete(trial)
         except _TrialFailure as exc:
             _log.warning("trial %d failed: %s", trial.number, exc)
             trial.set_user_attr(_ATTR_ERROR, str(exc))

@@ -30,6 +30,7 @@ def run_search(
     seed: int = 0,
     progress: Progress | None = None,
     initial: Sequence[Architecture] = (),
+    heartbeat: float | None = None,
 ) -> SearchResult:
     """Search ``space`` for architectures on the Pareto front of ``objectives`` that meet ``constraints``.
 
@@ -49,6 +50,8 @@ def run_search(
         progress: called after each trial with ``(done, total, record)``.
         initial: architectures to evaluate first when the study is new, e.g. ``(space.largest(),
             space.smallest())`` so the front's ends are known from the start.
+        heartbeat: seconds between heartbeats of a running trial (Optuna samplers; default 10). A trial whose
+            worker stopped beating for 6 intervals is failed and its architecture retried by the next worker.
 
     Returns:
         A :class:`SearchResult` with every trial of the study and the feasible Pareto front.
@@ -63,7 +66,7 @@ def run_search(
     if not isinstance(study_name, str) or not study_name:
         raise ConfigError(f"study_name {study_name!r} must be a non-empty string")
     storage_text = None if storage is None else describe_storage(storage)
-    return _make_searcher(sampler).search(
+    return _make_searcher(sampler, heartbeat).search(
         space,
         evaluate,
         objectives=parsed_objectives,
@@ -82,9 +85,10 @@ def _check_n_trials(n_trials: int) -> None:
         raise ConfigError(f"n_trials={n_trials!r} must be a positive integer")
 
 
-def _make_searcher(sampler: str) -> Searcher:
+def _make_searcher(sampler: str, heartbeat: float | None = None) -> Searcher:
     if sampler in OPTUNA_SAMPLERS:
-        return get_searcher("optuna", sampler=sampler)
+        extra = {} if heartbeat is None else {"heartbeat_interval": heartbeat}
+        return get_searcher("optuna", sampler=sampler, **extra)
     if sampler in list_searchers():
         return get_searcher(sampler)
     raise ConfigError(

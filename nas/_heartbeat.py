@@ -1,0 +1,81 @@
+"""Crash safety for studies shared by workers: heartbeats of running trials, and retrying dead workers' trials.
+
+While a trial runs, a daemon thread stamps ``nasforge:heartbeat`` (Unix time) into it every ``interval``
+seconds, in any storage (journal file, database, memory). A worker that dies (SIGKILL, power loss) leaves its
+trial RUNNING with an old stamp; any worker of the study that starts or begins a trial later marks such a trial
+FAIL (``nasforge:error`` says why) and enqueues the same architecture again (``nasforge:retry_of``), so finished
+trials are kept, the dead one is retried, and nothing is counted twice (only COMPLETE trials count).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import datetime
+from types import TracebackType
+
+import optuna
+from optuna.trial import TrialState
+
+__all__ = ["HEARTBEAT_ATTR", "RETRY_ATTR", "Heartbeat", "reap_dead_trials"]
+
+HEARTBEAT_ATTR = "nasforge:heartbeat"
+RETRY_ATTR = "nasforge:retry_of"
+ERROR_ATTR = "error"  # the key nasforge's searcher uses for a failed trial's reason
+
+
+class Heartbeat:
+    """Context manager that stamps a running trial every ``interval`` seconds from a daemon thread."""
+
+    def __init__(self, study: optuna.Study, trial_id: int, interval: float) -> None:
+        self._storage = study._storage  # Optuna has no public accessor; the storage is thread-safe
+        self._trial_id, self._interval = trial_id, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="nasforge-heartbeat", daemon=True)
+
+    def _beat(self) -> bool:
+        try:
+            self._storage.set_trial_user_attr(self._trial_id, HEARTBEAT_ATTR, time.time())
+            return True
+        except Exception:  # the trial finished meanwhile, or the storage went away: stop beating
+            return False
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval) and self._beat():
+            pass
+
+    def __enter__(self) -> Heartbeat:
+        self._beat()
+        self._thread.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def reap_dead_trials(study: optuna.Study, grace: float, now: float | None = None) -> list[int]:
+    """Fail the RUNNING trials whose last heartbeat (or start, if none) is older than ``grace`` seconds and
+    enqueue their architectures again; returns the numbers of the trials it failed."""
+    now = time.time() if now is None else now
+    storage = study._storage
+    reaped = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        beat = t.user_attrs.get(HEARTBEAT_ATTR)
+        if beat is None:
+            start: datetime | None = t.datetime_start
+            beat = start.timestamp() if start is not None else None
+        if beat is None or now - float(beat) < grace:
+            continue
+        try:
+            storage.set_trial_user_attr(t._trial_id, ERROR_ATTR,
+                                        f"worker died: no heartbeat for {now - float(beat):.0f} s; retried")
+            if not storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
+                continue
+        except Exception:  # another worker failed it first
+            continue
+        reaped.append(t.number)
+        if t.params:
+            study.enqueue_trial(t.params, user_attrs={RETRY_ATTR: t.number})
+    return reaped
