@@ -4,6 +4,10 @@ The one verb is :func:`run_search`: give it a space, an evaluator (architecture 
 ``("accuracy", "macs")`` and constraints such as ``"latency_ms<=5"``; it returns every trial and the feasible
 Pareto front. Searchers are plug-ins (:class:`Searcher`, :func:`register_searcher`); the built-in ``"optuna"``
 searcher samples with TPE, NSGA-II or at random and resumes a study from a journal file or a database.
+
+For predictor-in-the-loop search, fit an :class:`AccuracyPredictor` (and a :class:`LatencyPredictor`, e.g.
+``get_latency_predictor("macs", cost_fn=net.macs)``) on a few hundred measured architectures, then run
+:func:`evolve_on_predictors` on their cheap predicted scores.
 """
 
 from __future__ import annotations
@@ -13,28 +17,46 @@ from ._objectives import Constraint, Objective, parse_constraint, parse_objectiv
 from ._optuna import OPTUNA_SAMPLERS, OptunaSearcher
 from ._pareto import hypervolume_2d, pareto_front
 from ._plot import plot_pareto
+from ._predictors import (
+    AccuracyPredictor,
+    LatencyPredictor,
+    MacsLatencyPredictor,
+    PredictorReport,
+    evolve_on_predictors,
+    get_latency_predictor,
+    list_latency_predictors,
+    register_latency_predictor,
+)
 from ._result import SearchResult, TrialRecord
 from ._search import run_search
 from ._storage import journal_storage_url
 
 __all__ = [
     "OPTUNA_SAMPLERS",
+    "AccuracyPredictor",
     "Constraint",
     "Evaluator",
+    "LatencyPredictor",
+    "MacsLatencyPredictor",
     "Objective",
     "OptunaSearcher",
+    "PredictorReport",
     "Progress",
     "SearchResult",
     "Searcher",
     "TrialRecord",
+    "evolve_on_predictors",
+    "get_latency_predictor",
     "get_searcher",
     "hypervolume_2d",
     "journal_storage_url",
+    "list_latency_predictors",
     "list_searchers",
     "parse_constraint",
     "parse_objective",
     "pareto_front",
     "plot_pareto",
+    "register_latency_predictor",
     "register_searcher",
     "run_search",
 ]
