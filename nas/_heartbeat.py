@@ -17,10 +17,12 @@ from types import TracebackType
 import optuna
 from optuna.trial import TrialState
 
-__all__ = ["HEARTBEAT_ATTR", "RETRY_ATTR", "Heartbeat", "reap_dead_trials"]
+__all__ = ["HEARTBEAT_ATTR", "REAPED_ATTR", "RETRY_ATTR", "Heartbeat", "failed_numbers", "reap_dead_trials",
+           "used_budget"]
 
 HEARTBEAT_ATTR = "nasforge:heartbeat"
 RETRY_ATTR = "nasforge:retry_of"
+REAPED_ATTR = "nasforge:reaped"  # on a trial failed because its worker died (it does not use up the budget)
 ERROR_ATTR = "error"  # the key nasforge's searcher uses for a failed trial's reason
 
 
@@ -71,6 +73,7 @@ def reap_dead_trials(study: optuna.Study, grace: float, now: float | None = None
         try:
             storage.set_trial_user_attr(t._trial_id, ERROR_ATTR,
                                         f"worker died: no heartbeat for {now - float(beat):.0f} s; retried")
+            storage.set_trial_user_attr(t._trial_id, REAPED_ATTR, True)
             if not storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
                 continue
         except Exception:  # another worker failed it first
@@ -79,3 +82,22 @@ def reap_dead_trials(study: optuna.Study, grace: float, now: float | None = None
         if t.params:
             study.enqueue_trial(t.params, user_attrs={RETRY_ATTR: t.number})
     return reaped
+
+
+def failed_numbers(study: optuna.Study) -> frozenset[int]:
+    """Numbers of the study's failed trials (a search started now does not count them: a resume retries)."""
+    return frozenset(t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
+
+
+def used_budget(study: optuna.Study, ignore: frozenset[int] = frozenset()) -> int:
+    """Trials that count towards a search's ``n_trials``: finished, running (in any worker), or failed by their
+    evaluator since the search started (``ignore``: the failures from before); a trial failed because its
+    worker died does not count (its retry does)."""
+    n = 0
+    for t in study.get_trials(deepcopy=False):
+        if t.state == TrialState.WAITING:
+            continue
+        if t.state == TrialState.FAIL and (t.number in ignore or t.user_attrs.get(REAPED_ATTR)):
+            continue
+        n += 1
+    return n

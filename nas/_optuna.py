@@ -22,7 +22,7 @@ from nasforge.errors import ConfigError
 from nasforge.supernets.arch import Architecture, SearchSpace
 
 from ._base import Evaluator, Progress, Searcher, register_searcher
-from ._heartbeat import Heartbeat, reap_dead_trials
+from ._heartbeat import Heartbeat, failed_numbers, reap_dead_trials, used_budget
 from ._objectives import Constraint, Objective
 from ._result import SearchResult, TrialRecord, build_front
 from ._storage import describe_storage, resolve_storage
@@ -118,21 +118,28 @@ class OptunaSearcher(Searcher):
         progress: Progress | None = None,
         initial: Sequence[Architecture] = (),
     ) -> SearchResult:
-        """See :meth:`Searcher.search`. Runs ``n_trials`` minus the study's finished trials, at least zero."""
+        """See :meth:`Searcher.search`. Runs trials until the study (shared with any other workers) has used
+        ``n_trials``: finished or running trials and the trials that failed during this call (failures from
+        before are retried, as a resume should); a trial failed because its worker died is retried."""
         objectives, constraints = tuple(objectives), tuple(constraints)
         with _quiet_optuna():
             study = self._open_study(space, objectives, storage, study_name, seed, n_trials)
             if not study.get_trials(deepcopy=False):
                 for arch in initial:
                     study.enqueue_trial(architecture_params(space, arch), skip_if_exists=True)
-            reap_dead_trials(study, self.grace)
-            done = len(study.get_trials(deepcopy=False, states=_FINISHED))
             runner = _TrialRunner(study, space, evaluate, objectives, constraints, self.heartbeat_interval)
-            for i in range(max(0, n_trials - done)):
+            # Several workers may share the study: each starts a trial only while the used budget (finished,
+            # failed and running trials, its peers' included) is below n_trials, so together they stop there.
+            reap_dead_trials(study, self.grace)
+            failed_before = failed_numbers(study)
+            while True:
                 reap_dead_trials(study, self.grace)
+                used = used_budget(study, failed_before)
+                if used >= n_trials:
+                    break
                 record = runner.run_one()
                 if progress is not None:
-                    progress(done + i + 1, n_trials, record)
+                    progress(min(n_trials, used + 1), n_trials, record)
             return collect_result(study, objectives, constraints, describe_storage(storage))
 
     def _open_study(
