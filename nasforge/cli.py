@@ -70,6 +70,28 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no progress output")
     train.set_defaults(func=_cmd_train)
 
+    search = sub.add_parser(
+        "search", parents=[common], help="search a trained supernet (Optuna samplers, shared studies, workers)",
+        description="Multi-objective search over the subnets of SOURCE (a supernet.pt or a run folder of `nasforge "
+                    "train` / `nasforge run`). The study is OUT/study.journal unless --storage names another "
+                    "Optuna storage; machines running the same command on one database share the study.")
+    search.add_argument("source", help="supernet checkpoint or run folder")
+    search.add_argument("--data", help="dataset spec (default: the one the run folder was trained on)")
+    search.add_argument("--out", type=Path, help="results folder (default: runs/search-<timestamp>)")
+    search.add_argument("--objectives", default="accuracy,macs",
+                        help="comma-separated: accuracy, macs, params, latency_ms (name:max / name:min)")
+    search.add_argument("--constraint", action="append", default=[], help="e.g. macs<=5e6 (repeatable)")
+    search.add_argument("--sampler", default="tpe",
+                        help="tpe, nsga2, nsga3, gp, random (Optuna) or a registered searcher such as predictor")
+    search.add_argument("--trials", type=int, default=40, help="finished trials wanted in the study")
+    search.add_argument("--storage", help="Optuna storage: a .journal file, sqlite:///FILE, postgresql://...")
+    search.add_argument("--study", default="nasforge", help="study to create or join")
+    search.add_argument("--workers", type=int, default=1, help="local worker processes on the same study")
+    search.add_argument("--seed", type=int, default=0)
+    search.add_argument("--image-size", type=int, help="stored image size (default: the space's largest)")
+    search.add_argument("--resume", action="store_true", help="continue the search in --out (--trials may add)")
+    search.set_defaults(func=_cmd_search)
+
     space = sub.add_parser("space", parents=[common], help="list or describe search spaces")
     space_sub = space.add_subparsers(dest="space_command", metavar="ACTION")
     lst = space_sub.add_parser("list", parents=[common], help="registered supernets / spaces")
@@ -152,6 +174,27 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"trained {args.space} ({args.trainer}) in {result.out}: {len(result.history)} epoch(s), final "
               f"val acc largest {last['val_acc_max']:.4f}, smallest {last['val_acc_min']:.4f}; "
               f"supernet: {result.checkpoint}")
+    return 0
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    from nasforge.search import SearchJob, _split, resolve_source, run_search_job, summary_table
+
+    checkpoint, recorded, size = resolve_source(args.source)
+    data = args.data or recorded
+    if data is None:
+        raise ConfigError(f"{args.source} records no dataset; pass --data SPEC")
+    out = args.out or Path("runs") / time.strftime("search-%Y%m%d-%H%M%S")
+    job = SearchJob(checkpoint=str(checkpoint), data=data, out=str(out), objectives=_split([args.objectives]),
+                    constraints=tuple(args.constraint), sampler=args.sampler, trials=args.trials,
+                    storage=args.storage, study=args.study, seed=args.seed, image_size=args.image_size or size)
+    result = run_search_job(job, workers=args.workers, resume=args.resume,
+                            log=lambda m: print(m, file=sys.stderr))
+    summary = json.loads((out / "pareto.json").read_text())
+    print(summary_table(summary))
+    if result.n_complete == 0:
+        raise ConfigError("no trial completed; see the errors in trials.csv")
+    print(f"results in {out}: pareto.csv, pareto.json, pareto.png, trials.csv, search.json")
     return 0
 
 

@@ -1,0 +1,249 @@
+"""Search a trained supernet on its own (``nasforge search``): one process, N local workers, or many machines.
+
+A search job = supernet checkpoint + data + objectives + constraints + sampler + storage. The study lives in
+``OUT/study.journal`` unless ``storage`` names another Optuna storage (``sqlite:///...``,
+``postgresql://...``); ``study`` names the study to create or join, so machines that run the same command
+against one database share it. ``workers=N`` starts N local processes on the same storage; they stop together
+at ``trials``. A worker killed mid-trial leaves a trial that the others (or the next run) fail and retry
+(:mod:`nasforge.nas._heartbeat`). The run folder gets ``search.json``, ``trials.csv``, ``pareto.csv``,
+``pareto.json`` (front and 2-D hypervolume with its reference point) and ``pareto.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nasforge.data import DataSplits, load_data
+from nasforge.errors import ConfigError
+from nasforge.io import atomic_write_json, atomic_write_text
+from nasforge.nas import SearchResult, hypervolume_2d, parse_objective, plot_pareto, run_search
+from nasforge.supernets import Architecture, Supernet
+from nasforge.supernets.checkpoint import load_supernet
+from nasforge.supernets.evaluate import evaluate_arch
+
+__all__ = ["SearchJob", "make_subnet_evaluator", "run_search_job", "resolve_source"]
+
+
+@dataclass(frozen=True)
+class SearchJob:
+    """Everything a worker needs (plain data, so it crosses process boundaries)."""
+
+    checkpoint: str
+    data: str
+    out: str
+    objectives: tuple[str, ...] = ("accuracy", "macs")
+    constraints: tuple[str, ...] = ()
+    sampler: str = "tpe"
+    trials: int = 40
+    storage: str | None = None
+    study: str = "nasforge"
+    seed: int = 0
+    calib_images: int = 500
+    image_size: int | None = None
+    latency_runs: int = 50
+    heartbeat: float = 10.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def storage_url(self) -> str:
+        return self.storage or str(Path(self.out) / "study.journal")
+
+
+def resolve_source(source: str | Path) -> tuple[Path, str | None, int | None]:
+    """``(checkpoint, data spec or None, image size or None)`` of a checkpoint file or a run folder of
+    ``nasforge train`` / ``nasforge run`` (whose recorded data spec is reused)."""
+    path = Path(source)
+    if path.is_dir():
+        for cand in (path / "supernet.pt", path / "checkpoints" / "supernet.pt"):
+            if cand.is_file():
+                data, size = _recorded_data(path)
+                return cand, data, size
+        raise ConfigError(f"{path} holds no supernet.pt (nor checkpoints/supernet.pt); train first or pass the file")
+    if not path.is_file():
+        raise ConfigError(f"no checkpoint or run folder at {path}")
+    return path, None, None
+
+
+def _recorded_data(folder: Path) -> tuple[str | None, int | None]:
+    train = folder / "train.json"
+    if train.is_file():
+        try:
+            rec = json.loads(train.read_text())
+            return rec.get("data"), rec.get("image_size")
+        except (OSError, json.JSONDecodeError):
+            return None, None
+    cfg = folder / "config.yaml"
+    if cfg.is_file():
+        import yaml
+
+        try:
+            data = (yaml.safe_load(cfg.read_text()) or {}).get("data", {})
+            return data.get("spec"), data.get("image_size")
+        except (OSError, yaml.YAMLError):
+            return None, None
+    return None, None
+
+
+def make_subnet_evaluator(net: Supernet, data: DataSplits, *, calib_images: int = 500, latency: bool = False,
+                          latency_runs: int = 50, scratch: Path | None = None,
+                          backend: str = "ort-cpu", threads: int = 1) -> Callable[[Architecture], dict[str, float]]:
+    """Architecture -> ``accuracy`` (validation split, after BN recalibration on ``calib_images`` training
+    images), ``macs``, ``params`` and, with ``latency``, ``latency_ms``: the exported ONNX subnet's median on
+    ``backend`` with a short protocol (10 warm-up, ``latency_runs`` runs)."""
+    calib = data.train.x[:calib_images]
+
+    def evaluate(arch: Architecture) -> dict[str, float]:
+        acc, sub = evaluate_arch(net, arch, calib, data.val.x, data.val.y, calib_images)
+        metrics = {"accuracy": acc, "macs": float(net.macs(arch)), "params": float(net.params(arch))}
+        if latency:
+            from nasforge.export import export_onnx, measure_latency
+
+            with tempfile.TemporaryDirectory(dir=scratch) as tmp:
+                path = Path(tmp) / "trial.onnx"
+                export_onnx(sub, torch.zeros(1, *net.input_shape(arch)), path, exporter="torchscript", atol=1e-3)
+                lat = measure_latency(path, backend=backend, runs=latency_runs, warmup=10, threads=threads,
+                                      max_remeasure=1)
+            metrics["latency_ms"] = lat.median_ms
+        return metrics
+
+    return evaluate
+
+
+def _worker(job: SearchJob, worker: int) -> SearchResult:
+    torch.set_num_threads(1)
+    net, _ = load_supernet(job.checkpoint)
+    size = job.image_size or net.resolution(net.space.largest())
+    data = load_data(job.data, image_size=size, seed=job.seed)
+    wanted = " ".join(job.objectives + job.constraints)
+    evaluate = make_subnet_evaluator(net, data, calib_images=job.calib_images, latency="latency" in wanted,
+                                     latency_runs=job.latency_runs, scratch=Path(job.out))
+    return run_search(net.space, evaluate, objectives=job.objectives, constraints=job.constraints,
+                      n_trials=job.trials, sampler=job.sampler, storage=job.storage_url, study_name=job.study,
+                      seed=job.seed + 1000 * worker, initial=(net.space.largest(), net.space.smallest()),
+                      heartbeat=job.heartbeat)
+
+
+def _worker_entry(args: tuple[SearchJob, int]) -> int:
+    _worker(*args)
+    return args[1]
+
+
+def run_search_job(job: SearchJob, *, workers: int = 1, resume: bool = False,
+                   log: Callable[[str], None] = print) -> SearchResult:
+    """Run ``job`` with ``workers`` local processes (1: in this process) and write the results in ``job.out``.
+
+    Raises:
+        ConfigError: bad objectives/constraints/sampler, ``out`` holding another search without ``resume``,
+            workers with an in-memory storage.
+    """
+    if workers < 1:
+        raise ConfigError(f"--workers {workers} must be >= 1")
+    for o in job.objectives:
+        parse_objective(o)
+    from nasforge.nas import parse_constraint
+    from nasforge.nas._search import _make_searcher
+
+    for c in job.constraints:
+        parse_constraint(c)
+    _make_searcher(job.sampler)  # an unknown sampler fails before anything is written
+    out = Path(job.out)
+    record = out / "search_job.json"
+    if record.exists() and not resume:
+        raise ConfigError(f"{out} already holds a search; pass --resume to continue it (or --trials to add "
+                          "trials) or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(record, {**asdict(job), "workers": workers})
+    if workers == 1:
+        result = _worker(job, 0)
+    else:
+        log(f"starting {workers} workers on {job.storage_url} (study {job.study!r})")
+        with mp.get_context("spawn").Pool(workers) as pool:
+            for w in pool.imap_unordered(_worker_entry, [(job, w) for w in range(workers)]):
+                log(f"worker {w} finished")
+        result = _collect(job)
+    write_results(result, out, job)
+    return result
+
+
+def _collect(job: SearchJob) -> SearchResult:
+    """The study's trials and front, read back from the storage after the workers finished."""
+    import optuna
+
+    from nasforge.nas import parse_constraint
+    from nasforge.nas._optuna import collect_result
+    from nasforge.nas._storage import describe_storage, resolve_storage
+
+    study = optuna.load_study(study_name=job.study, storage=resolve_storage(job.storage_url))
+    return collect_result(study, tuple(parse_objective(o) for o in job.objectives),
+                          tuple(parse_constraint(c) for c in job.constraints), describe_storage(job.storage_url))
+
+
+def reference_point(result: SearchResult) -> tuple[float, float] | None:
+    """A stated hypervolume reference for two objectives: the worst complete value of each, pushed 10% further."""
+    if len(result.objectives) != 2:
+        return None
+    done = [t for t in result.trials if t.state == "complete"]
+    if not done:
+        return None
+    ref = []
+    for o in result.objectives:
+        values = [t.metrics[o.name] for t in done]
+        worst = min(values) if o.direction == "maximize" else max(values)
+        span = (max(values) - min(values)) or abs(worst) or 1.0
+        ref.append(worst - 0.1 * span if o.direction == "maximize" else worst + 0.1 * span)
+    return ref[0], ref[1]
+
+
+def write_results(result: SearchResult, out: Path, job: SearchJob) -> dict[str, Any]:
+    """``search.json``, ``trials.csv``, ``pareto.csv``/``pareto.json`` and ``pareto.png``; returns the summary."""
+    result.to_json(out / "search.json")
+    result.to_csv(out / "trials.csv")
+    names = [o.name for o in result.objectives]
+    rows = [{"trial": t.number, **{k: t.metrics.get(k) for k in names}, "arch": json.dumps(t.arch.to_dict())}
+            for t in result.front]
+    header = ["trial", *names, "arch"]
+    lines = [",".join(header)] + [",".join(_csv(r[h]) for h in header) for r in rows]
+    atomic_write_text(out / "pareto.csv", "\n".join(lines) + "\n")
+    summary: dict[str, Any] = {"study": result.study_name, "storage": result.storage,
+                               "objectives": [f"{o.name}:{o.direction[:3]}" for o in result.objectives],
+                               "constraints": [str(c) for c in result.constraints],
+                               "complete": result.n_complete, "trials": len(result.trials), "front": rows}
+    ref = reference_point(result)
+    if ref is not None and result.front:
+        points = [[t.metrics[n] for n in names] for t in result.front]
+        summary["hypervolume"] = hypervolume_2d(points, [o.direction for o in result.objectives], ref)
+        summary["hypervolume_reference"] = list(ref)
+        plot_pareto([t.metrics for t in result.trials if t.state == "complete"], [t.metrics for t in result.front],
+                    names[1], names[0], out / "pareto.png", title=f"{job.sampler} search: {result.n_complete} trials")
+    atomic_write_json(out / "pareto.json", summary)
+    return summary
+
+
+def _csv(value: Any) -> str:
+    text = "" if value is None else str(value)
+    return '"' + text.replace('"', '""') + '"' if ("," in text or '"' in text) else text
+
+
+def summary_table(summary: dict[str, Any], limit: int = 12) -> str:
+    """The front as a small text table (what ``nasforge search`` prints)."""
+    names = [o.split(":")[0] for o in summary["objectives"]]
+    lines = [f"{summary['complete']} complete trials of {summary['trials']}; front of {len(summary['front'])}"
+             + (f"; hypervolume {summary['hypervolume']:.4g} (reference {summary['hypervolume_reference']})"
+                if "hypervolume" in summary else "")]
+    lines.append("  ".join(f"{h:>12}" for h in ["trial", *names]))
+    for r in summary["front"][:limit]:
+        lines.append("  ".join(f"{v:>12.6g}" if isinstance(v, float) else f"{v!s:>12}"
+                               for v in [r["trial"], *(r[n] for n in names)]))
+    return "\n".join(lines)
+
+
+def _split(values: Sequence[str]) -> tuple[str, ...]:
+    return tuple(v.strip() for item in values for v in item.split(",") if v.strip())

@@ -1,0 +1,72 @@
+"""`nasforge search`: a trained supernet searched by 2 local worker processes on one journal file."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from nasforge.nas._storage import resolve_storage
+from nasforge.supernets import create_supernet
+from nasforge.supernets.checkpoint import save_checkpoint
+
+OPTIONS = {"num_classes": 10, "in_channels": 1, "stem_width": 8, "first_block_width": 8,
+           "stages": [[16, 2, "relu", False], [24, 2, "hswish", True]], "kernel_sizes": [3, 5],
+           "expand_ratios": [2, 4], "depths": [1, 2], "resolutions": [12, 16], "final_expand_width": 48,
+           "feature_width": 64}
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "nasforge", *args], capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("ckpt") / "supernet.pt"
+    save_checkpoint(path, create_supernet("mbv3-small", **OPTIONS), "mbv3-small", OPTIONS)
+    return path
+
+
+def test_two_workers_share_one_journal(checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "search"
+    res = run_cli("search", str(checkpoint), "--data", "digits", "--out", str(out), "--trials", "10", "--workers",
+                  "2", "--sampler", "random", "--constraint", "macs<=1e9")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "front of" in res.stdout and "hypervolume" in res.stdout
+    study = optuna.load_study(study_name="nasforge", storage=resolve_storage(out / "study.journal"))
+    trials = study.get_trials()
+    numbers = [t.number for t in trials]
+    assert len(numbers) == len(set(numbers)) == len(trials)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert 10 <= len(complete) <= 11  # two workers may both start the last trial
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    summary = json.loads((out / "pareto.json").read_text())
+    assert summary["complete"] == len(complete) and summary["front"] and summary["hypervolume"] > 0
+    for name in ("pareto.csv", "pareto.png", "trials.csv", "search.json", "search_job.json"):
+        assert (out / name).stat().st_size > 0, name
+    # the same command again without --resume is refused; with --resume and more trials it adds only those
+    res = run_cli("search", str(checkpoint), "--data", "digits", "--out", str(out), "--trials", "10",
+                  "--sampler", "random")
+    assert res.returncode == 2 and "--resume" in res.stderr and "Traceback" not in res.stderr
+    res = run_cli("search", str(checkpoint), "--data", "digits", "--out", str(out), "--trials", "13",
+                  "--sampler", "random", "--resume")
+    assert res.returncode == 0, res.stderr[-3000:]
+    study = optuna.load_study(study_name="nasforge", storage=resolve_storage(out / "study.journal"))
+    assert len([t for t in study.get_trials() if t.state == TrialState.COMPLETE]) == max(13, len(complete))
+
+
+def test_bad_search_input_is_one_line(checkpoint: Path, tmp_path: Path) -> None:
+    for args, needle in ((["--objectives", "accuracy,bogus:up"], "bogus"), (["--workers", "0"], "workers"),
+                         (["--sampler", "sobol"], "sobol")):
+        res = run_cli("search", str(checkpoint), "--data", "digits", "--out", str(tmp_path / "x"), *args)
+        assert res.returncode == 2 and needle in res.stderr and "Traceback" not in res.stderr, res.stderr
+    res = run_cli("search", str(tmp_path / "missing"), "--data", "digits")
+    assert res.returncode == 2 and "no checkpoint" in res.stderr
+    res = run_cli("search", str(checkpoint), "--out", str(tmp_path / "y"))
+    assert res.returncode == 2 and "--data" in res.stderr
