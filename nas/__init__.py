@@ -17,6 +17,7 @@ from ._objectives import Constraint, Objective, parse_constraint, parse_objectiv
 from ._optuna import OPTUNA_SAMPLERS, OptunaSearcher
 from ._pareto import hypervolume_2d, pareto_front
 from ._plot import plot_pareto
+from ._predictor_loop import PredictorLoopSearcher
 from ._predictors import (
     AccuracyPredictor,
     LatencyPredictor,
@@ -40,6 +41,7 @@ __all__ = [
     "MacsLatencyPredictor",
     "Objective",
     "OptunaSearcher",
+    "PredictorLoopSearcher",
     "PredictorReport",
     "Progress",
     "SearchResult",

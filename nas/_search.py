@@ -24,7 +24,7 @@ def run_search(
     objectives: Sequence[str | Objective] = ("accuracy", "macs"),
     constraints: Sequence[str | Constraint] = (),
     n_trials: int = 40,
-    sampler: str = "tpe",
+    sampler: str | Searcher = "tpe",
     storage: str | os.PathLike[str] | None = None,
     study_name: str = "nasforge",
     seed: int = 0,
@@ -42,7 +42,8 @@ def run_search(
         objectives: ``"accuracy"``, ``"macs"``, ``"name:max"`` / ``"name:min"`` or :class:`Objective` values.
         constraints: ``"latency_ms<=5"``-style texts or :class:`Constraint` values.
         n_trials: wanted number of finished trials in the study; a resumed study runs only the missing ones.
-        sampler: ``"tpe"``, ``"nsga2"`` or ``"random"`` (Optuna), or the name of a registered searcher.
+        sampler: ``"tpe"``, ``"nsga2"``, ``"nsga3"``, ``"gp"`` or ``"random"`` (Optuna), the name of a
+            registered searcher (``"predictor"``: predictor-in-the-loop), or a configured :class:`Searcher`.
         storage: ``None`` (in memory), a ``.log`` / ``.journal`` file or ``"journal:PATH"`` (Optuna journal
             file), or a database URL such as ``"sqlite:///study.db"``. Existing studies are resumed.
         study_name: the study to create or resume.
@@ -85,7 +86,9 @@ def _check_n_trials(n_trials: int) -> None:
         raise ConfigError(f"n_trials={n_trials!r} must be a positive integer")
 
 
-def _make_searcher(sampler: str, heartbeat: float | None = None) -> Searcher:
+def _make_searcher(sampler: str | Searcher, heartbeat: float | None = None) -> Searcher:
+    if isinstance(sampler, Searcher):
+        return sampler
     if sampler in OPTUNA_SAMPLERS:
         extra = {} if heartbeat is None else {"heartbeat_interval": heartbeat}
         return get_searcher("optuna", sampler=sampler, **extra)

@@ -125,8 +125,14 @@ def _worker(job: SearchJob, worker: int) -> SearchResult:
     wanted = " ".join(job.objectives + job.constraints)
     evaluate = make_subnet_evaluator(net, data, calib_images=job.calib_images, latency="latency" in wanted,
                                      latency_runs=job.latency_runs, scratch=Path(job.out))
+    sampler: Any = job.sampler
+    if sampler == "predictor":  # exact MACs/params instead of predicting them
+        from nasforge.nas import PredictorLoopSearcher
+
+        sampler = PredictorLoopSearcher(cost_fns={"macs": net.macs, "params": net.params},
+                                        heartbeat_interval=job.heartbeat)
     return run_search(net.space, evaluate, objectives=job.objectives, constraints=job.constraints,
-                      n_trials=job.trials, sampler=job.sampler, storage=job.storage_url, study_name=job.study,
+                      n_trials=job.trials, sampler=sampler, storage=job.storage_url, study_name=job.study,
                       seed=job.seed + 1000 * worker, initial=(net.space.largest(), net.space.smallest()),
                       heartbeat=job.heartbeat)
 

@@ -70,3 +70,14 @@ def test_bad_search_input_is_one_line(checkpoint: Path, tmp_path: Path) -> None:
     assert res.returncode == 2 and "no checkpoint" in res.stderr
     res = run_cli("search", str(checkpoint), "--out", str(tmp_path / "y"))
     assert res.returncode == 2 and "--data" in res.stderr
+
+
+def test_predictor_loop_through_the_cli(checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "pred"
+    res = run_cli("search", str(checkpoint), "--data", "digits", "--out", str(out), "--trials", "14", "--sampler",
+                  "predictor")
+    assert res.returncode == 0, res.stderr[-3000:]
+    study = optuna.load_study(study_name="nasforge", storage=resolve_storage(out / "study.journal"))
+    complete = [t for t in study.get_trials() if t.state == TrialState.COMPLETE]
+    assert len(complete) == 14
+    assert any("nasforge:predictor_round" in t.user_attrs for t in complete)  # rounds after the warm-up
