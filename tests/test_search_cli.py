@@ -81,3 +81,20 @@ def test_predictor_loop_through_the_cli(checkpoint: Path, tmp_path: Path) -> Non
     complete = [t for t in study.get_trials() if t.state == TrialState.COMPLETE]
     assert len(complete) == 14
     assert any("nasforge:predictor_round" in t.user_attrs for t in complete)  # rounds after the warm-up
+
+
+def test_sqlite_study_is_readable_by_the_optuna_cli(checkpoint: Path, tmp_path: Path) -> None:
+    """A database storage named on the command line, and the study stays a plain Optuna study."""
+    url = f"sqlite:///{tmp_path / 'nas.db'}"
+    res = run_cli("search", str(checkpoint), "--data", "digits", "--out", str(tmp_path / "s"), "--trials", "4",
+                  "--sampler", "random", "--storage", url, "--study", "shared")
+    assert res.returncode == 0, res.stderr[-3000:]
+    optuna_cli = Path(sys.executable).with_name("optuna")
+    if not optuna_cli.exists():
+        pytest.skip("the optuna console script is not installed next to this Python")
+    listed = subprocess.run([str(optuna_cli), "trials", "--study-name", "shared", "--storage", url, "-f", "json"],
+                            capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    rows = json.loads(listed.stdout)
+    assert len(rows) == 4 and all(r["state"] == "COMPLETE" for r in rows)
+    assert all(any(k.startswith("ks_") for k in r["params"]) for r in rows)
