@@ -28,7 +28,7 @@ from nasforge.progress import ProgressReporter
 from nasforge.report import write_report
 from nasforge.supernets import Architecture, Supernet, create_supernet
 from nasforge.supernets.checkpoint import load_supernet, save_checkpoint
-from nasforge.supernets.evaluate import calibrated_subnet, evaluate_arch, resize
+from nasforge.supernets.evaluate import calibrated_subnet, resize
 from nasforge.supernets.trainers import get_trainer
 from nasforge.train import fit_with_progress
 
@@ -158,21 +158,12 @@ def make_evaluator(cfg: RunConfig, net: Supernet, data: DataSplits, scratch: Pat
     """Architecture -> metrics: validation accuracy after BN recalibration, MACs, params and (if an objective
     or constraint needs it) latency of the exported ONNX model on ``export.backend`` with a short protocol.
     """
+    from nasforge.search import make_subnet_evaluator
+
     wanted = " ".join(cfg.search.objectives + cfg.search.constraints)
-    calib = data.train.x[: cfg.search.calib_images]
-
-    def evaluate(arch: Architecture) -> dict[str, float]:
-        acc, sub = evaluate_arch(net, arch, calib, data.val.x, data.val.y, cfg.search.calib_images)
-        metrics = {"accuracy": acc, "macs": float(net.macs(arch)), "params": float(net.params(arch))}
-        if "latency" in wanted:
-            path = scratch / "trial.onnx"
-            export_onnx(sub, torch.zeros(1, *net.input_shape(arch)), path, exporter="torchscript", atol=1e-3)
-            lat = measure_latency(path, backend=cfg.export.backend, runs=cfg.search.latency_runs,
-                                  warmup=cfg.search.latency_warmup, threads=cfg.export.threads, max_remeasure=1)
-            metrics["latency_ms"] = lat.median_ms
-        return metrics
-
-    return evaluate
+    return make_subnet_evaluator(net, data, calib_images=cfg.search.calib_images, latency="latency" in wanted,
+                                 latency_runs=cfg.search.latency_runs, latency_warmup=cfg.search.latency_warmup,
+                                 scratch=scratch, backend=cfg.export.backend, threads=cfg.export.threads)
 
 
 def search_stage(cfg: RunConfig, net: Supernet, data: DataSplits, out: Path,

@@ -93,11 +93,11 @@ def _recorded_data(folder: Path) -> tuple[str | None, int | None]:
 
 
 def make_subnet_evaluator(net: Supernet, data: DataSplits, *, calib_images: int = 500, latency: bool = False,
-                          latency_runs: int = 50, scratch: Path | None = None,
+                          latency_runs: int = 50, latency_warmup: int = 10, scratch: Path | None = None,
                           backend: str = "ort-cpu", threads: int = 1) -> Callable[[Architecture], dict[str, float]]:
     """Architecture -> ``accuracy`` (validation split, after BN recalibration on ``calib_images`` training
     images), ``macs``, ``params`` and, with ``latency``, ``latency_ms``: the exported ONNX subnet's median on
-    ``backend`` with a short protocol (10 warm-up, ``latency_runs`` runs)."""
+    ``backend`` with a short protocol (``latency_warmup`` warm-up and ``latency_runs`` timed runs)."""
     calib = data.train.x[:calib_images]
 
     def evaluate(arch: Architecture) -> dict[str, float]:
@@ -109,7 +109,7 @@ def make_subnet_evaluator(net: Supernet, data: DataSplits, *, calib_images: int 
             with tempfile.TemporaryDirectory(dir=scratch) as tmp:
                 path = Path(tmp) / "trial.onnx"
                 export_onnx(sub, torch.zeros(1, *net.input_shape(arch)), path, exporter="torchscript", atol=1e-3)
-                lat = measure_latency(path, backend=backend, runs=latency_runs, warmup=10, threads=threads,
+                lat = measure_latency(path, backend=backend, runs=latency_runs, warmup=latency_warmup, threads=threads,
                                       max_remeasure=1)
             metrics["latency_ms"] = lat.median_ms
         return metrics
