@@ -1,0 +1,281 @@
+"""Search efficiency on digits: measured evaluations each searcher needs to reach 99% of a reference hypervolume.
+
+    python benchmarks/search.py --out /tmp/search-bench [--epochs 10] [--budget 120] [--seeds 0 1 2]
+        [--reference-trials 300] [--supernet PATH/supernet.pt]
+
+Trains ``mbv3-small`` on digits with the sandwich trainer (``--epochs``) through
+:func:`nasforge.train.train_supernet` into ``OUT/train`` (or loads ``--supernet``), once. Every evaluation is a
+real measurement through :func:`nasforge.search.make_subnet_evaluator` (validation accuracy after BN recalibration
+on 500 training images, exact MACs/params). Measurements are cached in memory by architecture across runs so that
+an architecture seen before costs no time again; each run still counts every distinct architecture it measured
+(calls of its evaluator), and ``est. s`` adds the original measuring time of cache hits back.
+
+Objectives: accuracy (max) and MACs (min). The reference point is fixed once from a long random run
+(``--reference-trials``) as (minimum accuracy seen - 0.05, 1.1 x MACs of the largest subnet). The reference
+hypervolume is that of the union of every architecture measured by the reference run and all method runs.
+For each method (random, nsga2, tpe, predictor) and seed, ``run_search`` runs ``--budget`` trials with
+``initial=(largest, smallest)`` in memory; after every measured evaluation the hypervolume of the complete trials so
+far is recorded, and the first count at which it reaches 99% of the reference is reported. Writes ``results.json``
+and ``hv_vs_evals.png`` into ``--out`` and prints a markdown table for BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nasforge.data import load_data
+from nasforge.nas import PredictorLoopSearcher, SearchResult, hypervolume_2d, run_search
+from nasforge.search import make_subnet_evaluator
+from nasforge.supernets import Architecture, Supernet
+from nasforge.supernets.checkpoint import load_supernet
+from nasforge.train import train_supernet
+
+METHODS = ("random", "nsga2", "tpe", "predictor")
+OBJECTIVES = ("accuracy", "macs")
+DIRECTIONS = ("maximize", "minimize")
+TARGET = 0.99
+
+
+class CachedEvaluator:
+    """Shared in-memory cache of real measurements; :meth:`for_run` gives a per-run counting evaluator."""
+
+    def __init__(self, evaluate: Callable[[Architecture], dict[str, float]]) -> None:
+        self.evaluate = evaluate
+        self.cache: dict[str, tuple[dict[str, float], float]] = {}  # arch JSON -> (metrics, seconds to measure)
+
+    def for_run(self) -> tuple[Callable[[Architecture], dict[str, float]], dict[str, Any]]:
+        stats: dict[str, Any] = {"calls": 0, "hits": 0, "measure_s": 0.0, "hit_s": 0.0, "archs": []}
+
+        def evaluate(arch: Architecture) -> dict[str, float]:
+            key = arch.to_json()
+            stats["calls"] += 1
+            stats["archs"].append(key)
+            if key in self.cache:
+                metrics, secs = self.cache[key]
+                stats["hits"] += 1
+                stats["hit_s"] += secs
+                return dict(metrics)
+            t0 = time.perf_counter()
+            metrics = self.evaluate(arch)
+            secs = time.perf_counter() - t0
+            stats["measure_s"] += secs
+            self.cache[key] = (dict(metrics), secs)
+            return dict(metrics)
+
+        return evaluate, stats
+
+
+def complete_points(result: SearchResult) -> list[tuple[float, float]]:
+    return [(t.metrics["accuracy"], t.metrics["macs"]) for t in sorted(result.trials, key=lambda t: t.number)
+            if t.state == "complete" and all(k in t.metrics for k in OBJECTIVES)]
+
+
+def hv_curve(result: SearchResult, reference: tuple[float, float]) -> list[float]:
+    """Hypervolume of the complete trials so far after each measured (non-duplicate) evaluation."""
+    curve: list[float] = []
+    points: list[tuple[float, float]] = []
+    for t in sorted(result.trials, key=lambda t: t.number):
+        if t.state != "complete" or not all(k in t.metrics for k in OBJECTIVES):
+            continue
+        points.append((t.metrics["accuracy"], t.metrics["macs"]))
+        if t.duplicate_of is None:
+            curve.append(hypervolume_2d(points, DIRECTIONS, reference))
+        elif curve:  # reused metrics add no point; keep the curve per measured evaluation
+            curve[-1] = hypervolume_2d(points, DIRECTIONS, reference)
+    return curve
+
+
+def get_net(args: argparse.Namespace) -> tuple[Supernet, float]:
+    t0 = time.perf_counter()
+    if args.supernet is not None:
+        net, _ = load_supernet(args.supernet)
+    else:
+        final = args.out / "train" / "supernet.pt"
+        if final.is_file():
+            net, _ = load_supernet(final)
+        else:
+            net = train_supernet("mbv3-small", data=args.data, out=args.out / "train", trainer="sandwich",
+                                 seed=args.train_seed, epochs=args.epochs, progress=False).net
+    return net, time.perf_counter() - t0
+
+
+def make_sampler(method: str, net: Supernet) -> Any:
+    if method == "predictor":
+        return PredictorLoopSearcher(cost_fns={"macs": net.macs, "params": net.params})
+    return method
+
+
+def fmt_evals(value: int | None, budget: int) -> str:
+    return "not reached" if value is None else str(value)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--data", default="digits")
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--supernet", type=Path, default=None, help="a trained supernet.pt instead of training")
+    ap.add_argument("--train-seed", type=int, default=0)
+    ap.add_argument("--reference-trials", type=int, default=300)
+    ap.add_argument("--budget", type=int, default=120)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    ap.add_argument("--calib-images", type=int, default=500)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    logging.getLogger("optuna").setLevel(logging.WARNING)
+    try:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+    except ImportError:
+        pass
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    net, train_s = get_net(args)
+    space = net.space
+    data = load_data(args.data, image_size=net.resolution(space.largest()), seed=args.train_seed)
+    cached = CachedEvaluator(make_subnet_evaluator(net, data, calib_images=args.calib_images))
+    print(f"supernet ready in {train_s:.0f} s; {len(data.val)} validation images", flush=True)
+
+    # reference run: long random search (its seed is apart from the method seeds)
+    t0 = time.perf_counter()
+    evaluate, ref_stats = cached.for_run()
+    ref_result = run_search(space, evaluate, objectives=OBJECTIVES, n_trials=args.reference_trials,
+                            sampler="random", storage=None, seed=10_000, initial=(space.largest(), space.smallest()))
+    ref_points = complete_points(ref_result)
+    min_acc = min(p[0] for p in ref_points)
+    largest_macs = float(net.macs(space.largest()))
+    reference = (max(0.0, min_acc - 0.05), 1.1 * largest_macs)
+    print(f"reference run: {ref_stats['calls']} measured archs in {time.perf_counter() - t0:.0f} s; "
+          f"reference point: accuracy {reference[0]:.4f} (min seen {min_acc:.4f} - 0.05), "
+          f"macs {reference[1]:.4g} (1.1 x largest {largest_macs:.4g})", flush=True)
+
+    runs: list[dict[str, Any]] = []
+    for method in args.methods:
+        for seed in args.seeds:
+            evaluate, stats = cached.for_run()
+            t0 = time.perf_counter()
+            result = run_search(space, evaluate, objectives=OBJECTIVES, n_trials=args.budget,
+                                sampler=make_sampler(method, net), storage=None, seed=seed,
+                                initial=(space.largest(), space.smallest()))
+            wall = time.perf_counter() - t0
+            curve = hv_curve(result, reference)
+            runs.append({"method": method, "seed": seed, "result": result, "stats": stats, "wall_s": wall,
+                         "est_s": wall + stats["hit_s"], "curve": curve})
+            print(f"  {method} seed {seed}: {len(result.trials)} trials, {stats['calls']} measured archs "
+                  f"({stats['hits']} from cache), {wall:.0f} s", flush=True)
+
+    # reference hypervolume: union of everything measured
+    union = {json_key: m for json_key, (m, _) in cached.cache.items()}
+    union_points = [(m["accuracy"], m["macs"]) for m in union.values()]
+    ref_hv = hypervolume_2d(union_points, DIRECTIONS, reference)
+    ref_run_hv = hypervolume_2d(ref_points, DIRECTIONS, reference)
+
+    rows = []
+    for r in runs:
+        frac = [h / ref_hv for h in r["curve"]]
+        reached = next((i + 1 for i, f in enumerate(frac) if f >= TARGET), None)
+        r.update(frac=frac, evals_to_target=reached, final_frac=frac[-1] if frac else 0.0)
+        rows.append(r)
+
+    budget = args.budget
+    print(f"\nmbv3-small sandwich ({args.epochs} epochs) on {args.data}; objectives accuracy (val, BN recalibrated "
+          f"on {args.calib_images} train images) max, MACs min; budget {budget} trials, initial (largest, smallest)")
+    print(f"reference point (accuracy {reference[0]:.4f}, MACs {reference[1]:.4g}); reference HV {ref_hv:.6g} over "
+          f"{len(union_points)} distinct measured archs (the {args.reference_trials}-trial random run alone: "
+          f"{ref_run_hv / ref_hv:.4f} of it)\n")
+    print(f"| method | seed | evals to {TARGET:.0%} HV | final HV / reference | measured archs | wall s | est. s |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['method']} | {r['seed']} | {fmt_evals(r['evals_to_target'], budget)} | {r['final_frac']:.4f} | "
+              f"{r['stats']['calls']} | {r['wall_s']:.0f} | {r['est_s']:.0f} |")
+    summary: dict[str, dict[str, Any]] = {}
+    for method in args.methods:
+        mine = [r for r in rows if r["method"] == method]
+        evals = [r["evals_to_target"] for r in mine]
+        n_miss = sum(e is None for e in evals)
+        # "not reached" counts as budget + 1 (a lower bound on the true count)
+        mean_evals = sum(budget + 1 if e is None else e for e in evals) / len(evals)
+        summary[method] = {
+            "mean_evals_to_target": mean_evals, "not_reached": n_miss, "runs": len(mine),
+            "mean_final_frac": sum(r["final_frac"] for r in mine) / len(mine),
+            "mean_measured": sum(r["stats"]["calls"] for r in mine) / len(mine),
+            "mean_wall_s": sum(r["wall_s"] for r in mine) / len(mine),
+            "mean_est_s": sum(r["est_s"] for r in mine) / len(mine),
+        }
+        s = summary[method]
+        mark = f"{'>=' if n_miss else ''}{mean_evals:.1f}" + (f" ({n_miss}/{len(mine)} not reached)" if n_miss else "")
+        print(f"| **{method} mean** | | {mark} | {s['mean_final_frac']:.4f} | {s['mean_measured']:.1f} | "
+              f"{s['mean_wall_s']:.0f} | {s['mean_est_s']:.0f} |")
+    ratio = None
+    if "random" in summary and "predictor" in summary:
+        ratio = summary["random"]["mean_evals_to_target"] / summary["predictor"]["mean_evals_to_target"]
+        note = ""
+        if summary["random"]["not_reached"] or summary["predictor"]["not_reached"]:
+            note = (f" (\"not reached\" counted as {budget + 1} = budget + 1, so a mean with misses is a lower "
+                    "bound; the ratio is then only indicative)")
+        print(f"\nrandom / predictor mean evals to {TARGET:.0%} HV: {ratio:.2f}{note}")
+    print("\nwall s: real time of the run (cached archs cost ~0); est. s: wall s + original measuring time of the "
+          "cached archs it reused")
+
+    payload = {
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "train_or_load_s": train_s,
+        "reference_point": {"accuracy": reference[0], "macs": reference[1], "min_accuracy_seen": min_acc,
+                            "largest_macs": largest_macs},
+        "reference_hv": ref_hv, "reference_run_hv_fraction": ref_run_hv / ref_hv,
+        "distinct_archs_measured": len(union_points), "target": TARGET,
+        "runs": [{"method": r["method"], "seed": r["seed"], "evals_to_target": r["evals_to_target"],
+                  "final_hv_fraction": r["final_frac"], "measured_archs": r["stats"]["calls"],
+                  "cache_hits": r["stats"]["hits"], "trials": len(r["result"].trials), "wall_s": r["wall_s"],
+                  "est_s": r["est_s"], "hv_fraction_per_eval": r["frac"]} for r in rows],
+        "summary": summary, "random_over_predictor": ratio,
+    }
+    (args.out / "results.json").write_text(json.dumps(payload, indent=2))
+    plot(rows, args.methods, args.out / "hv_vs_evals.png", budget)
+    print(f"\nwrote {args.out / 'results.json'} and {args.out / 'hv_vs_evals.png'}")
+    seeds = " ".join(str(s) for s in args.seeds)
+    print(f"reproduce: python benchmarks/search.py --out DIR --epochs {args.epochs} --reference-trials "
+          f"{args.reference_trials} --budget {budget} --seeds {seeds}")
+
+
+def plot(rows: list[dict[str, Any]], methods: list[str], path: Path, budget: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for method in methods:
+        curves = [r["frac"] for r in rows if r["method"] == method and r["frac"]]
+        if not curves:
+            continue
+        length = max(len(c) for c in curves)
+        # a run that measured fewer archs keeps its last value
+        mean = [sum(c[min(i, len(c) - 1)] for c in curves) / len(curves) for i in range(length)]
+        ax.plot(range(1, length + 1), mean, label=f"{method} ({len(curves)} seed(s))")
+    ax.axhline(TARGET, color="grey", linestyle="--", linewidth=0.8, label=f"{TARGET:.0%} of reference")
+    ax.set_xlabel("measured evaluations")
+    ax.set_ylabel("hypervolume / reference")
+    ax.set_ylim(bottom=max(0.0, math.floor(min((min(r["frac"]) for r in rows if r["frac"]), default=0) * 10) / 10))
+    ax.set_title(f"accuracy/MACs hypervolume vs measured evaluations (budget {budget} trials)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
