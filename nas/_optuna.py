@@ -132,15 +132,16 @@ class OptunaSearcher(Searcher):
             # failed and running trials, its peers' included) is below n_trials, so together they stop there.
             reap_dead_trials(study, self.grace)
             failed_before = failed_numbers(study)
-            while True:
-                reap_dead_trials(study, self.grace)
-                used = used_budget(study, failed_before)
-                if used >= n_trials:
-                    break
+            while (left := self._remaining(study, n_trials, failed_before)) > 0:
                 record = runner.run_one()
                 if progress is not None:
-                    progress(min(n_trials, used + 1), n_trials, record)
+                    progress(n_trials - left + 1, n_trials, record)
             return collect_result(study, objectives, constraints, describe_storage(storage))
+
+    def _remaining(self, study: optuna.Study, n_trials: int, failed_before: frozenset[int]) -> int:
+        """Trials still to start in ``study`` (shared by all its workers), after failing dead workers' trials."""
+        reap_dead_trials(study, self.grace)
+        return n_trials - used_budget(study, failed_before)
 
     def _open_study(
         self,

@@ -29,12 +29,11 @@ from nasforge.errors import ConfigError
 from nasforge.supernets.arch import Architecture, SearchSpace
 
 from ._base import Evaluator, Progress, register_searcher
-from ._heartbeat import reap_dead_trials
+from ._heartbeat import failed_numbers, reap_dead_trials
 from ._objectives import Constraint, Objective
 from ._optuna import (
     _ATTR_ARCH,
     _ATTR_METRICS,
-    _FINISHED,
     OptunaSearcher,
     _quiet_optuna,
     _TrialRunner,
@@ -140,13 +139,13 @@ class PredictorLoopSearcher(OptunaSearcher):
         progress: Progress | None = None,
         initial: Sequence[Architecture] = (),
     ) -> SearchResult:
-        """See :meth:`Searcher.search`. Runs ``n_trials`` minus the study's finished trials, at least zero.
+        """See :meth:`Searcher.search`. Shares the study's trial budget with any other workers exactly as the
+        Optuna searcher does (finished, running and this call's failed trials count; dead workers' trials retry).
 
         Random trials come from a seeded random sampler until ``n_initial`` distinct architectures are measured;
         after that, each round proposes up to ``batch`` architectures from the predicted front (seeded from
         ``seed`` and the round). If a round proposes nothing new (every front member is measured), one random
-        trial runs. As with the Optuna searcher, failed trials use up the run's budget but do not count as
-        finished, so a later run retries that many.
+        trial runs.
         """
         objectives, constraints = tuple(objectives), tuple(constraints)
         n_initial = self.n_initial if self.n_initial is not None else max(10, n_trials // 4)
@@ -157,34 +156,31 @@ class PredictorLoopSearcher(OptunaSearcher):
                 for arch in initial:
                     study.enqueue_trial(architecture_params(space, arch), skip_if_exists=True)
             reap_dead_trials(study, self.grace)
-            done = len(study.get_trials(deepcopy=False, states=_FINISHED))
+            failed_before = failed_numbers(study)
             runner = _TrialRunner(study, space, evaluate, objectives, constraints, self.heartbeat_interval)
-            budget = max(0, n_trials - done)
-            ran = 0
 
-            def run(params: dict[str, int] | None = None, round_no: int = 0) -> None:
-                nonlocal ran
-                reap_dead_trials(study, self.grace)
+            def run(left: int, params: dict[str, int] | None = None, round_no: int = 0) -> None:
                 if params is not None:
                     study.enqueue_trial(params, user_attrs={PROPOSED_ATTR: round_no})
                 record: TrialRecord = runner.run_one()
-                ran += 1
                 if progress is not None:
-                    progress(done + ran, n_trials, record)
+                    progress(n_trials - left + 1, n_trials, record)
 
-            while ran < budget:
+            while (left := self._remaining(study, n_trials, failed_before)) > 0:
                 measured = _measured(study)
                 if len(measured) < max(n_initial, MIN_SAMPLES):
-                    run()  # warm-up: enqueued initial architectures first, then the random sampler
+                    run(left)  # warm-up: enqueued initial architectures first, then the random sampler
                     continue
                 round_no = len(study.get_trials(deepcopy=False))
                 proposals = self._propose(space, objectives, constraints, study, measured, seed, round_no)
                 if not proposals:
                     _log.info("predictor round at trial %d proposed nothing new; running a random trial", round_no)
-                    run()
+                    run(left)
                     continue
-                for arch in proposals[: budget - ran]:
-                    run(architecture_params(space, arch), round_no)
+                for arch in proposals:
+                    if (left := self._remaining(study, n_trials, failed_before)) <= 0:
+                        break
+                    run(left, architecture_params(space, arch), round_no)
             return collect_result(study, objectives, constraints, describe_storage(storage))
 
     # -- one round -------------------------------------------------------------------------------------------
