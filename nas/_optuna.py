@@ -25,7 +25,7 @@ from ._base import Evaluator, Progress, Searcher, register_searcher
 from ._heartbeat import Heartbeat, failed_numbers, reap_dead_trials, used_budget
 from ._objectives import Constraint, Objective
 from ._result import SearchResult, TrialRecord, build_front
-from ._storage import describe_storage, resolve_storage
+from ._storage import describe_storage, redact_storage, resolve_storage
 
 __all__ = ["GP_MAX_TRIALS", "OPTUNA_SAMPLERS", "OptunaSearcher", "param_name"]
 
@@ -364,5 +364,5 @@ def collect_result(
         trials=records,
         front=build_front(records, objectives),
         study_name=study.study_name,
-        storage=storage,
+        storage=redact_storage(storage),
     )

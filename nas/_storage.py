@@ -11,7 +11,7 @@ from nasforge.errors import ConfigError
 if TYPE_CHECKING:
     import optuna
 
-__all__ = ["MEMORY", "describe_storage", "journal_storage_url", "resolve_storage"]
+__all__ = ["MEMORY", "describe_storage", "journal_storage_url", "redact_storage", "resolve_storage"]
 
 MEMORY = "memory"
 _JOURNAL_PREFIX = "journal:"
@@ -58,8 +58,13 @@ def resolve_storage(storage: str | os.PathLike[str] | None) -> optuna.storages.B
     """What to hand to ``optuna.create_study(storage=...)`` for a storage spec.
 
     ``None`` -> in memory; a path ending in ``.log`` / ``.journal`` or ``"journal:PATH"`` -> a
-    ``JournalStorage`` on a ``JournalFileBackend`` (its folder is created); any other ``scheme://`` text is
-    passed to Optuna as a database URL.
+    ``JournalStorage`` on a ``JournalFileBackend`` (its folder is created); any other ``scheme://`` text is a
+    database URL, opened here (tables are created on first use) so a missing driver or an unreachable server
+    is one clear error before any work starts.
+
+    Raises:
+        ConfigError: a malformed spec, a database driver that is not installed, or a database that cannot be
+            reached.
     """
     text = describe_storage(storage)
     if text == MEMORY:
@@ -71,4 +76,36 @@ def resolve_storage(storage: str | os.PathLike[str] | None) -> optuna.storages.B
         path = Path(text[len(_JOURNAL_PREFIX) :])
         path.parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
-    return text
+    return _open_database(text)
+
+
+def redact_storage(storage: str) -> str:
+    """``storage`` with a database URL's password replaced by ``***``, for logs and result files."""
+    if "://" not in storage:
+        return storage
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        url = make_url(storage)
+    except ArgumentError:
+        return storage
+    return url.render_as_string(hide_password=True) if url.password else storage
+
+
+def _open_database(url: str) -> optuna.storages.RDBStorage:
+    import optuna
+    from sqlalchemy.exc import SQLAlchemyError
+
+    shown = redact_storage(url)
+    # pool_pre_ping: a worker of a long search gets a fresh connection after the server or network dropped one.
+    engine_kwargs = {} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+    except ImportError as exc:
+        hint = " pip install 'nasforge[postgres]'" if url.startswith("postgres") else ""
+        raise ConfigError(f"storage {shown!r} needs a database driver that is not installed ({exc.__cause__ or exc})"
+                          f";{hint or ' install the SQLAlchemy driver for that database'}") from None
+    except (SQLAlchemyError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"cannot open storage {shown!r}: {first}") from None

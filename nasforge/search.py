@@ -25,6 +25,7 @@ from nasforge.data import DataSplits, load_data
 from nasforge.errors import ConfigError
 from nasforge.io import atomic_write_json, atomic_write_text
 from nasforge.nas import SearchResult, hypervolume_2d, parse_objective, plot_pareto, run_search
+from nasforge.nas._storage import redact_storage, resolve_storage
 from nasforge.supernets import Architecture, Supernet
 from nasforge.supernets.checkpoint import load_supernet
 from nasforge.supernets.evaluate import evaluate_arch
@@ -160,17 +161,19 @@ def run_search_job(job: SearchJob, *, workers: int = 1, resume: bool = False,
     for c in job.constraints:
         parse_constraint(c)
     _make_searcher(job.sampler)  # an unknown sampler fails before anything is written
+    resolve_storage(job.storage_url)  # so do a missing database driver and an unreachable database
     out = Path(job.out)
     record = out / "search_job.json"
     if record.exists() and not resume:
         raise ConfigError(f"{out} already holds a search; pass --resume to continue it (or --trials to add "
                           "trials) or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(record, {**asdict(job), "workers": workers})
+    atomic_write_json(record, {**asdict(job), "storage": job.storage and redact_storage(job.storage),
+                               "workers": workers})
     if workers == 1:
         result = _worker(job, 0)
     else:
-        log(f"starting {workers} workers on {job.storage_url} (study {job.study!r})")
+        log(f"starting {workers} workers on {redact_storage(job.storage_url)} (study {job.study!r})")
         with mp.get_context("spawn").Pool(workers) as pool:
             for w in pool.imap_unordered(_worker_entry, [(job, w) for w in range(workers)]):
                 log(f"worker {w} finished")
@@ -185,7 +188,7 @@ def _collect(job: SearchJob) -> SearchResult:
 
     from nasforge.nas import parse_constraint
     from nasforge.nas._optuna import collect_result
-    from nasforge.nas._storage import describe_storage, resolve_storage
+    from nasforge.nas._storage import describe_storage
 
     study = optuna.load_study(study_name=job.study, storage=resolve_storage(job.storage_url))
     return collect_result(study, tuple(parse_objective(o) for o in job.objectives),

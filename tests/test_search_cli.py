@@ -83,18 +83,32 @@ def test_predictor_loop_through_the_cli(checkpoint: Path, tmp_path: Path) -> Non
     assert any("nasforge:predictor_round" in t.user_attrs for t in complete)  # rounds after the warm-up
 
 
-def test_sqlite_study_is_readable_by_the_optuna_cli(checkpoint: Path, tmp_path: Path) -> None:
-    """A database storage named on the command line, and the study stays a plain Optuna study."""
-    url = f"sqlite:///{tmp_path / 'nas.db'}"
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_database_study_is_readable_by_the_optuna_cli(database: str, checkpoint: Path, tmp_path: Path,
+                                                      request: pytest.FixtureRequest) -> None:
+    """A database storage named on the command line, and the study stays a plain Optuna study. On PostgreSQL,
+    two machines are stood in for by two runs of the same command, one of them with 2 workers."""
+    if database == "sqlite":
+        url, study = f"sqlite:///{tmp_path / 'nas.db'}", "shared"
+    else:
+        url, study = request.getfixturevalue("postgres_study")
     res = run_cli("search", str(checkpoint), "--data", "digits", "--out", str(tmp_path / "s"), "--trials", "4",
-                  "--sampler", "random", "--storage", url, "--study", "shared")
+                  "--sampler", "random", "--storage", url, "--study", study,
+                  *(["--workers", "2"] if database == "postgresql" else []))
     assert res.returncode == 0, res.stderr[-3000:]
+    if database == "postgresql":  # a second machine joins the study with a larger budget
+        res = run_cli("search", str(checkpoint), "--data", "digits", "--out", str(tmp_path / "s2"), "--trials",
+                      "6", "--sampler", "random", "--storage", url, "--study", study)
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert json.loads((tmp_path / "s2" / "pareto.json").read_text())["complete"] == 6
     optuna_cli = Path(sys.executable).with_name("optuna")
     if not optuna_cli.exists():
         pytest.skip("the optuna console script is not installed next to this Python")
-    listed = subprocess.run([str(optuna_cli), "trials", "--study-name", "shared", "--storage", url, "-f", "json"],
+    listed = subprocess.run([str(optuna_cli), "trials", "--study-name", study, "--storage", url, "-f", "json"],
                             capture_output=True, text=True, timeout=120)
     assert listed.returncode == 0, listed.stderr[-2000:]
     rows = json.loads(listed.stdout)
-    assert len(rows) == 4 and all(r["state"] == "COMPLETE" for r in rows)
+    wanted = 4 if database == "sqlite" else 6
+    assert len(rows) == wanted and all(r["state"] == "COMPLETE" for r in rows)
+    assert sorted(r["number"] for r in rows) == list(range(wanted))
     assert all(any(k.startswith("ks_") for k in r["params"]) for r in rows)

@@ -1,7 +1,7 @@
-"""Run by ``test_nas_heartbeat.py`` as a separate process: a small search on a journal file.
+"""Run by the tests as a separate process: a small search on a shared storage.
 
-Arguments: journal path, marker path, mode (``hang``: the 4th evaluation writes the marker and blocks until the
-process is killed; ``ok``: no hang)."""
+Arguments: storage (a journal path or a database URL), marker path, mode (``hang``: the 4th evaluation writes
+the marker and blocks until the process is killed; ``ok``: no hang), and optionally the study name and seed."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ SPACE = SearchSpace("toy", (Dimension("w", (1, 2, 3, 4), 3), Dimension("r", (8, 
 N_TRIALS = 8
 
 
-def main(journal: str, marker: str, mode: str) -> None:
+def main(storage: str, marker: str, mode: str, study: str = "nasforge", seed: str = "0") -> None:
     calls = 0
 
     def evaluate(arch):  # type: ignore[no-untyped-def]
@@ -28,8 +28,9 @@ def main(journal: str, marker: str, mode: str) -> None:
         w = sum(arch["w"])
         return {"accuracy": w / 12 + arch["r"] / 100, "macs": float(w * arch["r"])}
 
-    run_search(SPACE, evaluate, n_trials=N_TRIALS, sampler="random", storage=journal, seed=0, heartbeat=0.2)
+    run_search(SPACE, evaluate, n_trials=N_TRIALS, sampler="random", storage=storage, study_name=study,
+               seed=int(seed), heartbeat=0.2)
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    main(*sys.argv[1:6])

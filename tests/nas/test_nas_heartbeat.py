@@ -19,15 +19,24 @@ from nasforge.nas._storage import resolve_storage
 WORKER = Path(__file__).with_name("search_worker.py")
 
 
-def _worker(journal: Path, marker: Path, mode: str) -> subprocess.Popen[str]:
+def _worker(storage: str, marker: Path, mode: str, study: str = "nasforge", seed: int = 0) -> subprocess.Popen[str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, str(WORKER), str(journal), str(marker), mode], env=env,
+    return subprocess.Popen([sys.executable, str(WORKER), storage, str(marker), mode, study, str(seed)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def test_sigkill_mid_trial_then_restart(tmp_path: Path) -> None:
-    journal, marker = tmp_path / "study.journal", tmp_path / "marker"
-    proc = _worker(journal, marker, "hang")
+@pytest.fixture(params=["journal", "postgresql"])
+def shared_study(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
+    """``(storage, study name)``: a journal file, or a fresh study on the test PostgreSQL server."""
+    if request.param == "journal":
+        return str(tmp_path / "study.journal"), "nasforge"
+    return request.getfixturevalue("postgres_study")
+
+
+def test_sigkill_mid_trial_then_restart(shared_study: tuple[str, str], tmp_path: Path) -> None:
+    storage, name = shared_study
+    marker = tmp_path / "marker"
+    proc = _worker(storage, marker, "hang", name)
     deadline = time.time() + 120
     while not marker.exists():
         assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
@@ -36,7 +45,7 @@ def test_sigkill_mid_trial_then_restart(tmp_path: Path) -> None:
     time.sleep(0.5)  # a few heartbeats of the hanging trial
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
-    study = optuna.load_study(study_name="nasforge", storage=resolve_storage(journal))
+    study = optuna.load_study(study_name=name, storage=resolve_storage(storage))
     before = {t.number: t for t in study.get_trials()}
     running = [t for t in before.values() if t.state == TrialState.RUNNING]
     assert len(running) == 1 and HEARTBEAT_ATTR in running[0].user_attrs
@@ -45,11 +54,11 @@ def test_sigkill_mid_trial_then_restart(tmp_path: Path) -> None:
     assert len(done_before) == 3
 
     time.sleep(1.5)  # longer than the grace (6 heartbeats of 0.2 s)
-    again = _worker(journal, marker, "ok")
+    again = _worker(storage, marker, "ok", name)
     out, err = again.communicate(timeout=180)
     assert again.returncode == 0, err[-3000:]
 
-    study = optuna.load_study(study_name="nasforge", storage=resolve_storage(journal))
+    study = optuna.load_study(study_name=name, storage=resolve_storage(storage))
     trials = study.get_trials()
     assert len({t.number for t in trials}) == len(trials)  # no duplicated numbers
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
@@ -63,6 +72,21 @@ def test_sigkill_mid_trial_then_restart(tmp_path: Path) -> None:
     retry = [t for t in complete if t.user_attrs.get(RETRY_ATTR) == dead.number]
     assert len(retry) == 1 and retry[0].params == dead.params
     assert not [t for t in trials if t.state == TrialState.RUNNING]
+
+
+def test_two_workers_share_one_study(shared_study: tuple[str, str], tmp_path: Path) -> None:
+    """Two worker processes started together on one storage run the study's budget once, between them."""
+    storage, name = shared_study
+    procs = [_worker(storage, tmp_path / "unused", "ok", name, seed) for seed in (1, 2)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=180)
+        assert proc.returncode == 0, err[-3000:]
+    trials = optuna.load_study(study_name=name, storage=resolve_storage(storage)).get_trials()
+    numbers = [t.number for t in trials]
+    assert sorted(numbers) == list(range(len(trials)))  # unique, gap-free trial numbers
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert 8 <= len(complete) <= 9  # both may start the last trial at the same moment
+    assert all(t.state == TrialState.COMPLETE for t in trials)
 
 
 def test_reaper_leaves_live_trials_alone(tmp_path: Path) -> None:
