@@ -65,7 +65,8 @@ class PredictorLoopSearcher(OptunaSearcher):
             constraints on these names are computed, not predicted. Any other objective or constraint metric
             gets its own :class:`AccuracyPredictor` (a regression MLP, fine for any scalar metric).
         n_initial: distinct architectures measured in complete trials (``initial`` first, then random ones)
-            before the first round; ``None`` picks ``max(10, n_trials // 4)``. At least 4.
+            before the first round; ``None`` picks ``n_trials // 4`` clipped to [10, 30] (a long search should
+            spend its budget in predictor rounds, not on random warm-up). At least 4.
         batch: architectures measured per round, spread evenly (by the first objective) along the predicted
             front.
         population: initial population of each round's evolution.
@@ -148,7 +149,7 @@ class PredictorLoopSearcher(OptunaSearcher):
         trial runs.
         """
         objectives, constraints = tuple(objectives), tuple(constraints)
-        n_initial = self.n_initial if self.n_initial is not None else max(10, n_trials // 4)
+        n_initial = self.n_initial if self.n_initial is not None else int(np.clip(n_trials // 4, 10, 30))
         self.last_reports = {}
         with _quiet_optuna():
             study = self._open_study(space, objectives, storage, study_name, seed, n_trials)
