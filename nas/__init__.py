@@ -4,6 +4,8 @@ The one verb is :func:`run_search`: give it a space, an evaluator (architecture 
 ``("accuracy", "macs")`` and constraints such as ``"latency_ms<=5"``; it returns every trial and the feasible
 Pareto front. Searchers are plug-ins (:class:`Searcher`, :func:`register_searcher`); the built-in ``"optuna"``
 searcher samples with TPE, NSGA-II or at random and resumes a study from a journal file or a database.
+The ``"nni"`` searcher (:class:`NniSearcher`, extra ``nasforge[nni]``) runs NNI's Random, GridSearch or
+RegularizedEvolution strategy on one reward folded from the objectives, storing its trials in the same kind of study.
 
 For predictor-in-the-loop search, fit an :class:`AccuracyPredictor` (and a :class:`LatencyPredictor`, e.g.
 ``get_latency_predictor("macs", cost_fn=net.macs)``) on a few hundred measured architectures, then run
@@ -13,6 +15,7 @@ For predictor-in-the-loop search, fit an :class:`AccuracyPredictor` (and a :clas
 from __future__ import annotations
 
 from ._base import Evaluator, Progress, Searcher, get_searcher, list_searchers, register_searcher
+from ._nni import NNI_SAMPLERS, NniSearcher
 from ._objectives import Constraint, Objective, parse_constraint, parse_objective
 from ._optuna import OPTUNA_SAMPLERS, OptunaSearcher
 from ._pareto import hypervolume_2d, pareto_front
@@ -33,12 +36,14 @@ from ._search import run_search
 from ._storage import journal_storage_url
 
 __all__ = [
+    "NNI_SAMPLERS",
     "OPTUNA_SAMPLERS",
     "AccuracyPredictor",
     "Constraint",
     "Evaluator",
     "LatencyPredictor",
     "MacsLatencyPredictor",
+    "NniSearcher",
     "Objective",
     "OptunaSearcher",
     "PredictorLoopSearcher",

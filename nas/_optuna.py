@@ -27,7 +27,7 @@ from ._objectives import Constraint, Objective
 from ._result import SearchResult, TrialRecord, build_front
 from ._storage import describe_storage, redact_storage, resolve_storage
 
-__all__ = ["GP_MAX_TRIALS", "OPTUNA_SAMPLERS", "OptunaSearcher", "param_name"]
+__all__ = ["GP_MAX_TRIALS", "OPTUNA_SAMPLERS", "OptunaSearcher", "open_study", "param_name"]
 
 OPTUNA_SAMPLERS = ("tpe", "nsga2", "nsga3", "gp", "random")
 #: the GP sampler refits a Gaussian process on every trial (cubic in the trials): more than this is refused
@@ -152,19 +152,33 @@ class OptunaSearcher(Searcher):
         seed: int,
         n_trials: int,
     ) -> optuna.Study:
-        study = optuna.create_study(
-            storage=resolve_storage(storage),
-            sampler=optuna.samplers.RandomSampler(seed=seed),
-            study_name=study_name,
-            directions=[o.direction for o in objectives],
-            load_if_exists=True,
-        )
-        _check_study(study, space, objectives, describe_storage(storage))
+        study = open_study(space, objectives, storage, study_name, seed)
         # A resumed run gets a different sampler seed, so a random sampler does not replay the first run.
         n_existing = len(study.get_trials(deepcopy=False))
         run_seed = int(np.random.SeedSequence([seed, n_existing]).generate_state(1)[0])
         study.sampler = self.make_sampler(run_seed, n_trials)
         return study
+
+
+def open_study(
+    space: SearchSpace, objectives: Sequence[Objective], storage: str | None, study_name: str, seed: int
+) -> optuna.Study:
+    """Create or load ``study_name`` in ``storage`` (one direction per objective, a seeded random sampler) and
+    check that a loaded study was made for the same objectives and space (a new one is tagged with them).
+
+    Raises:
+        ConfigError: if the stored study has other objectives or another space.
+    """
+    objectives = tuple(objectives)
+    study = optuna.create_study(
+        storage=resolve_storage(storage),
+        sampler=optuna.samplers.RandomSampler(seed=seed),
+        study_name=study_name,
+        directions=[o.direction for o in objectives],
+        load_if_exists=True,
+    )
+    _check_study(study, space, objectives, describe_storage(storage))
+    return study
 
 
 @contextmanager
@@ -279,17 +293,22 @@ class _TrialRunner:
         return _as_metrics(raw)
 
     def _objective_values(self, metrics: Mapping[str, float]) -> list[float]:
-        values = []
-        for o in self.objectives:
-            if o.name not in metrics:
-                raise _TrialFailure(
-                    f"the evaluator returned no {o.name!r} (objective) but only {sorted(metrics)}; "
-                    f"return {o.name!r} or change the objectives"
-                )
-            if math.isnan(metrics[o.name]):
-                raise _TrialFailure(f"the evaluator returned NaN for objective {o.name!r}")
-            values.append(metrics[o.name])
-        return values
+        return _objective_values(metrics, self.objectives)
+
+
+def _objective_values(metrics: Mapping[str, float], objectives: Sequence[Objective]) -> list[float]:
+    """The objectives' values in ``metrics``, in order; raises :class:`_TrialFailure` if one is missing or NaN."""
+    values = []
+    for o in objectives:
+        if o.name not in metrics:
+            raise _TrialFailure(
+                f"the evaluator returned no {o.name!r} (objective) but only {sorted(metrics)}; "
+                f"return {o.name!r} or change the objectives"
+            )
+        if math.isnan(metrics[o.name]):
+            raise _TrialFailure(f"the evaluator returned NaN for objective {o.name!r}")
+        values.append(metrics[o.name])
+    return values
 
 
 def _as_metrics(raw: object) -> dict[str, float]:

@@ -9,6 +9,7 @@ from nasforge.errors import ConfigError
 from nasforge.supernets.arch import Architecture, SearchSpace
 
 from ._base import Evaluator, Progress, Searcher, get_searcher, list_searchers
+from ._nni import NNI_SAMPLERS, nni_strategy
 from ._objectives import Constraint, Objective, parse_constraints, parse_objectives
 from ._optuna import OPTUNA_SAMPLERS
 from ._result import SearchResult
@@ -42,8 +43,10 @@ def run_search(
         objectives: ``"accuracy"``, ``"macs"``, ``"name:max"`` / ``"name:min"`` or :class:`Objective` values.
         constraints: ``"latency_ms<=5"``-style texts or :class:`Constraint` values.
         n_trials: wanted number of finished trials in the study; a resumed study runs only the missing ones.
-        sampler: ``"tpe"``, ``"nsga2"``, ``"nsga3"``, ``"gp"`` or ``"random"`` (Optuna), the name of a
-            registered searcher (``"predictor"``: predictor-in-the-loop), or a configured :class:`Searcher`.
+        sampler: ``"tpe"``, ``"nsga2"``, ``"nsga3"``, ``"gp"`` or ``"random"`` (Optuna), ``"nni-evolution"``,
+            ``"nni-random"`` or ``"nni-grid"`` (an NNI strategy, see :class:`NniSearcher`; needs
+            ``nasforge[nni]``), the name of a registered searcher (``"predictor"``: predictor-in-the-loop,
+            ``"nni"``: NNI's evolution), or a configured :class:`Searcher`.
         storage: ``None`` (in memory), a ``.log`` / ``.journal`` file or ``"journal:PATH"`` (Optuna journal
             file), or a database URL such as ``"sqlite:///study.db"``. Existing studies are resumed.
         study_name: the study to create or resume.
@@ -92,9 +95,12 @@ def _make_searcher(sampler: str | Searcher, heartbeat: float | None = None) -> S
     if sampler in OPTUNA_SAMPLERS:
         extra = {} if heartbeat is None else {"heartbeat_interval": heartbeat}
         return get_searcher("optuna", sampler=sampler, **extra)
+    strategy = nni_strategy(sampler)
+    if strategy is not None:
+        return get_searcher("nni", strategy=strategy)
     if sampler in list_searchers():
         return get_searcher(sampler)
     raise ConfigError(
-        f"unknown sampler {sampler!r}; choose one of {list(OPTUNA_SAMPLERS)} (Optuna) "
-        f"or a registered searcher {list_searchers()}"
+        f"unknown sampler {sampler!r}; choose one of {list(OPTUNA_SAMPLERS)} (Optuna), {list(NNI_SAMPLERS)} "
+        f"(NNI, needs nasforge[nni]) or a registered searcher {list_searchers()}"
     )

@@ -82,7 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="comma-separated: accuracy, macs, params, latency_ms (name:max / name:min)")
     search.add_argument("--constraint", action="append", default=[], help="e.g. macs<=5e6 (repeatable)")
     search.add_argument("--sampler", default="tpe",
-                        help="tpe, nsga2, nsga3, gp, random (Optuna) or a registered searcher such as predictor")
+                        help="tpe, nsga2, nsga3, gp, random (Optuna), nni-evolution, nni-random, nni-grid (NNI, "
+                             "one worker; pip install 'nasforge[nni]') or a registered searcher such as predictor")
     search.add_argument("--trials", type=int, default=40, help="finished trials wanted in the study")
     search.add_argument("--storage", help="Optuna storage: a .journal file, sqlite:///FILE, postgresql://...")
     search.add_argument("--study", default="nasforge", help="study to create or join")

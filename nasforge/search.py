@@ -4,9 +4,11 @@ A search job = supernet checkpoint + data + objectives + constraints + sampler +
 ``OUT/study.journal`` unless ``storage`` names another Optuna storage (``sqlite:///...``,
 ``postgresql://...``); ``study`` names the study to create or join, so machines that run the same command
 against one database share it. ``workers=N`` starts N local processes on the same storage; they stop together
-at ``trials``. A worker killed mid-trial leaves a trial that the others (or the next run) fail and retry
-(:mod:`nasforge.nas._heartbeat`). The run folder gets ``search.json``, ``trials.csv``, ``pareto.csv``,
-``pareto.json`` (front and 2-D hypervolume with its reference point) and ``pareto.png``.
+at ``trials`` (an NNI sampler, ``nni-evolution`` / ``nni-random`` / ``nni-grid``, runs one sequential worker
+whose NNI home, ``nni-experiments``, is ``OUT``). A worker killed mid-trial leaves a trial that the others (or
+the next run) fail and retry (:mod:`nasforge.nas._heartbeat`). The run folder gets ``search.json``,
+``trials.csv``, ``pareto.csv``, ``pareto.json`` (front and 2-D hypervolume with its reference point) and
+``pareto.png``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from nasforge.data import DataSplits, load_data
 from nasforge.errors import ConfigError
 from nasforge.io import atomic_write_json, atomic_write_text
 from nasforge.nas import SearchResult, hypervolume_2d, parse_objective, plot_pareto, run_search
+from nasforge.nas._nni import nni_strategy
 from nasforge.nas._storage import redact_storage, resolve_storage
 from nasforge.supernets import Architecture, Supernet
 from nasforge.supernets.checkpoint import load_supernet
@@ -132,6 +135,10 @@ def _worker(job: SearchJob, worker: int) -> SearchResult:
 
         sampler = PredictorLoopSearcher(cost_fns={"macs": net.macs, "params": net.params},
                                         heartbeat_interval=job.heartbeat)
+    elif nni_strategy(sampler) is not None:  # NNI's home (nni-experiments) is the run folder
+        from nasforge.nas import NniSearcher
+
+        sampler = NniSearcher(strategy=nni_strategy(sampler), workdir=job.out)
     return run_search(net.space, evaluate, objectives=job.objectives, constraints=job.constraints,
                       n_trials=job.trials, sampler=sampler, storage=job.storage_url, study_name=job.study,
                       seed=job.seed + 1000 * worker, initial=(net.space.largest(), net.space.smallest()),
@@ -160,7 +167,9 @@ def run_search_job(job: SearchJob, *, workers: int = 1, resume: bool = False,
 
     for c in job.constraints:
         parse_constraint(c)
-    _make_searcher(job.sampler)  # an unknown sampler fails before anything is written
+    if workers > 1 and nni_strategy(job.sampler) is not None:
+        raise ConfigError("the NNI backend runs one sequential worker; use --workers 1 or an Optuna sampler")
+    _make_searcher(job.sampler)  # an unknown sampler (or one whose extra is missing) fails before anything is written
     resolve_storage(job.storage_url)  # so do a missing database driver and an unreachable database
     out = Path(job.out)
     record = out / "search_job.json"

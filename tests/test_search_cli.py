@@ -112,3 +112,29 @@ def test_database_study_is_readable_by_the_optuna_cli(database: str, checkpoint:
     assert len(rows) == wanted and all(r["state"] == "COMPLETE" for r in rows)
     assert sorted(r["number"] for r in rows) == list(range(wanted))
     assert all(any(k.startswith("ks_") for k in r["params"]) for r in rows)
+
+
+def test_nni_evolution_through_the_cli(checkpoint: Path, tmp_path: Path) -> None:
+    """``--sampler nni-evolution``: one NNI process whose home is the run folder, a plain Optuna study."""
+    pytest.importorskip("nni", reason="NNI is not installed: pip install 'nasforge[nni]'")
+    pytest.importorskip("pytorch_lightning", reason="nni.nas needs pytorch-lightning: pip install 'nasforge[nni]'")
+    out, url = tmp_path / "nni", f"sqlite:///{tmp_path / 'nni.db'}"
+    args = ("search", str(checkpoint), "--data", "digits", "--out", str(out), "--sampler", "nni-evolution",
+            "--storage", url, "--study", "evo")
+    res = run_cli(*args, "--workers", "2")
+    assert res.returncode == 2 and "one sequential worker" in res.stderr and "Traceback" not in res.stderr
+    res = run_cli(*args, "--trials", "5")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "front of" in res.stdout and (out / "nni-experiments").is_dir()
+    res = run_cli(*args, "--trials", "7", "--resume")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert json.loads((out / "pareto.json").read_text())["complete"] == 7
+    optuna_cli = Path(sys.executable).with_name("optuna")
+    if not optuna_cli.exists():
+        pytest.skip("the optuna console script is not installed next to this Python")
+    listed = subprocess.run([str(optuna_cli), "trials", "--study-name", "evo", "--storage", url, "-f", "json"],
+                            capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    rows = json.loads(listed.stdout)
+    assert sorted(r["number"] for r in rows) == list(range(7)) and all(r["state"] == "COMPLETE" for r in rows)
+    assert all(any(k.startswith("ks_") for k in r["params"]) for r in rows)
