@@ -1,0 +1,214 @@
+"""``nasforge export``: one subnet of a trained supernet as a verified, self-describing ONNX file.
+
+The source is a supernet checkpoint, a run folder (``nasforge train`` / ``nasforge run``; its recorded dataset is
+reused) or one exported subnet folder of a run (``RUN/subnets/K``, whose ``arch.json`` names the architecture).
+The subnet's BatchNorm statistics are recalibrated on training images, the file is checked with
+``onnx.checker`` and against PyTorch in onnxruntime on random *and* real validation images, and it carries its
+architecture, input shape, normalisation, nasforge version and the checkpoint's SHA-256 as metadata.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nasforge.data import load_data
+from nasforge.errors import ConfigError
+from nasforge.export import export_onnx
+from nasforge.supernets import Architecture, Supernet
+from nasforge.supernets.checkpoint import load_supernet
+from nasforge.supernets.evaluate import calibrated_subnet, resize
+
+__all__ = ["ExportedSubnet", "export_subnet", "read_arch_spec", "resolve_export_source", "sha256_file"]
+
+FORMATS = ("onnx", "tensorrt")
+
+
+@dataclass
+class ExportedSubnet:
+    """What :func:`export_subnet` wrote and checked."""
+
+    path: Path
+    arch: Architecture
+    input_shape: tuple[int, ...]
+    max_abs_diff: float
+    parity_inputs: int
+    real_inputs: int
+    metadata: dict[str, str] = field(default_factory=dict)
+    slimmed: dict[str, Any] | None = None
+    engine: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": str(self.path), "arch": self.arch.to_dict(), "input_shape": list(self.input_shape),
+                "max_abs_diff": self.max_abs_diff, "parity_inputs": self.parity_inputs,
+                "real_inputs": self.real_inputs, "metadata": dict(self.metadata), "slimmed": self.slimmed,
+                "engine": self.engine}
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_arch_spec(text: str, net: Supernet) -> Architecture:
+    """An architecture of ``net``'s space from ``largest``, ``smallest``, JSON text or a ``.json`` file.
+
+    Raises:
+        ConfigError: a missing file or unreadable JSON.
+        ArchitectureError: an architecture outside the space (the message names the gene).
+    """
+    space = net.space
+    if text in ("largest", "smallest"):
+        return space.largest() if text == "largest" else space.smallest()
+    path = Path(text)
+    if not text.lstrip().startswith("{"):
+        if not path.is_file():
+            raise ConfigError(f"--arch {text!r} is neither 'largest', 'smallest', JSON text nor an existing .json "
+                              "file")
+        text = path.read_text(encoding="utf-8")
+    try:
+        return space.canonical(Architecture.from_json(text))
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--arch is not valid JSON: {exc}") from None
+
+
+def resolve_export_source(source: str | Path) -> tuple[Path, str | None, int | None, Path | None]:
+    """``(checkpoint, recorded data spec, recorded image size, arch.json of a subnet folder or None)``."""
+    from nasforge.search import resolve_source
+
+    path = Path(source)
+    arch_file = path / "arch.json"
+    if path.is_dir() and arch_file.is_file() and not (path / "supernet.pt").is_file():
+        run = path.parent.parent  # RUN/subnets/K
+        checkpoint, data, size = resolve_source(run)
+        return checkpoint, data, size, arch_file
+    checkpoint, data, size = resolve_source(path)
+    return checkpoint, data, size, None
+
+
+def _with_resolution(net: Supernet, arch: Architecture, resolution: int | None) -> Architecture:
+    if resolution is None:
+        return arch
+    space = net.space
+    if "r" in space.names:
+        choices = space.dim("r").choices
+        if resolution not in choices:
+            raise ConfigError(f"--resolution {resolution} is not one of this space's resolutions {list(choices)}")
+        return space.canonical(arch.replace(r=resolution))
+    if resolution != net.resolution(arch):
+        raise ConfigError(f"space {space.name!r} has the fixed input resolution {net.resolution(arch)}; "
+                          "drop --resolution")
+    return arch
+
+
+def export_subnet(
+    source: str | Path,
+    out: str | Path,
+    *,
+    arch: str | Architecture | Mapping[str, Any] | None = None,
+    fmt: str = "onnx",
+    data: str | None = None,
+    dynamic_batch: bool = False,
+    opset: int = 18,
+    resolution: int | None = None,
+    atol: float = 1e-4,
+    calib_images: int = 500,
+    real_inputs: int = 16,
+    slim: bool = False,
+    exporter: str = "dynamo",
+    seed: int = 0,
+) -> ExportedSubnet:
+    """Export one subnet of ``source`` to ``out`` (``.onnx``) after BN recalibration and parity checks.
+
+    Args:
+        source: a supernet checkpoint, a run folder, or a run's ``subnets/K`` folder.
+        out: the ``.onnx`` file to write (atomically; nothing is written if a check fails).
+        arch: ``"largest"``, ``"smallest"``, JSON text, a ``.json`` file, an :class:`Architecture` or a mapping;
+            default: the subnet folder's ``arch.json``, else the largest subnet.
+        fmt: ``"onnx"``, or ``"tensorrt"`` (the ONNX file plus an engine next to it; needs ``nasforge[tensorrt]``
+            and a GPU).
+        data: dataset spec for BN recalibration and the real-input parity check (default: the run's own).
+        dynamic_batch: a symbolic batch dimension (checked at two batch sizes).
+        opset: ONNX opset.
+        resolution: input resolution (one of the space's, if it searches resolution).
+        atol: largest allowed absolute difference to PyTorch.
+        calib_images: training images for BN recalibration.
+        real_inputs: validation images checked one by one (and as one batch with ``dynamic_batch``).
+        slim: also try onnxruntime's hardware-independent graph optimisations and keep them if they remove nodes
+            and parity still holds.
+        exporter: ``"dynamo"`` or ``"torchscript"``.
+        seed: data split seed.
+
+    Raises:
+        ConfigError: bad options, a source without data and no ``data`` given.
+        ArchitectureError: an architecture outside the space.
+        CheckpointError: a damaged checkpoint.
+        ExportError: export or parity failed (the file is not written).
+    """
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format {fmt!r} is unknown; choose one of {list(FORMATS)}")
+    out = Path(out)
+    if out.suffix.lower() != ".onnx":
+        raise ConfigError(f"--out {out} must end in .onnx (a TensorRT engine is written next to it)")
+    if real_inputs < 1 or calib_images < 1:
+        raise ConfigError("real_inputs and calib_images must be >= 1")
+    checkpoint, recorded_data, recorded_size, arch_file = resolve_export_source(source)
+    net, _ = load_supernet(checkpoint)
+    if arch is None:
+        chosen = read_arch_spec(str(arch_file), net) if arch_file is not None else net.space.largest()
+    elif isinstance(arch, str):
+        chosen = read_arch_spec(arch, net)
+    else:
+        chosen = net.space.canonical(arch)
+    chosen = _with_resolution(net, chosen, resolution)
+    spec = data or recorded_data
+    if spec is None:
+        raise ConfigError(f"{source} records no dataset: pass --data SPEC (BatchNorm is recalibrated on its "
+                          "training images and parity is checked on its validation images)")
+    size = recorded_size or net.resolution(net.space.largest())
+    splits = load_data(spec, image_size=size, seed=seed)
+    if splits.train.x.shape[1] != net.input_shape(chosen)[0]:
+        raise ConfigError(f"dataset {spec!r} has {splits.train.x.shape[1]} channels but the supernet expects "
+                          f"{net.input_shape(chosen)[0]}")
+    r = net.resolution(chosen)
+    torch.manual_seed(seed)
+    sub = calibrated_subnet(net, chosen, splits.train.x[:calib_images], calib_images)
+    val = resize(splits.val.x[:real_inputs], r)
+    checks = [val[i : i + 1] for i in range(len(val))]
+    if dynamic_batch and len(val) > 1:
+        checks.append(val)
+    metadata = {
+        "architecture": chosen.to_json(),
+        "supernet": net.space.name,
+        "dataset": spec,
+        "resolution": str(r),
+        "normalization_mean": json.dumps(list(splits.mean)),
+        "normalization_std": json.dumps(list(splits.std)),
+        "source_checkpoint": checkpoint.name,
+        "source_checkpoint_sha256": sha256_file(checkpoint),
+    }
+    result = export_onnx(sub, checks[0], out, opset=opset, dynamic_batch=dynamic_batch, metadata=metadata,
+                         check_inputs=checks[1:], atol=atol, exporter=exporter)
+    exported = ExportedSubnet(path=out, arch=chosen, input_shape=tuple(checks[0].shape), metadata=metadata,
+                              max_abs_diff=result.max_abs_diff, parity_inputs=result.parity_inputs,
+                              real_inputs=len(checks))
+    if slim:
+        from nasforge.export._slim import slim_onnx
+
+        exported.slimmed = slim_onnx(out, [c.numpy() for c in checks], atol=atol)
+    if fmt == "tensorrt":
+        from nasforge.export._tensorrt import TrtBuildConfig, build_engine
+
+        info = build_engine(out, out.with_suffix(".engine"), TrtBuildConfig())
+        exported.engine = info.to_dict() if hasattr(info, "to_dict") else dict(vars(info))
+    return exported
