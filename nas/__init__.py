@@ -34,6 +34,7 @@ from ._predictors import (
 from ._result import SearchResult, TrialRecord
 from ._search import run_search
 from ._storage import journal_storage_url
+from ._table_predictor import TableLatencyPredictor
 
 __all__ = [
     "NNI_SAMPLERS",
@@ -50,6 +51,7 @@ __all__ = [
     "PredictorReport",
     "Progress",
     "SearchResult",
+    "TableLatencyPredictor",
     "Searcher",
     "TrialRecord",
     "evolve_on_predictors",

@@ -96,6 +96,22 @@ class Supernet(nn.Module, ABC):
         :func:`nasforge.supernets.reorganize_channels`). Returns ``False`` for a family with nothing to sort."""
         return False
 
+    def latency_segments(self, arch: Architecture | Mapping[str, Any]) -> list[tuple[str, tuple[int, ...]]]:
+        """The subnet ``arch`` as consecutive segments for per-device latency tables: ``(key, input shape)`` per
+        segment (stem, each block, head), where equal keys mean the same computation on the same input shape.
+        :meth:`segment_modules` gives the matching static modules. Families without a block structure raise
+        :class:`NotImplementedError` (latency is then predicted from MACs or measured end to end)."""
+        raise NotImplementedError(f"{type(self).__name__} has no block decomposition for latency tables")
+
+    def segment_modules(self, arch: Architecture | Mapping[str, Any]) -> list[nn.Module]:
+        """Static modules of :meth:`latency_segments` (same order), with the subnet's weights."""
+        raise NotImplementedError(f"{type(self).__name__} has no block decomposition for latency tables")
+
+    def covering_architectures(self) -> list[Architecture]:
+        """Architectures whose segments together include every segment key of the space (for building a
+        latency table); the default is the two corners, which a table builder complements by sampling."""
+        return [self.space.largest(), self.space.smallest()]
+
     @abstractmethod
     def config_dict(self) -> dict[str, Any]:
         """JSON-able keyword arguments that rebuild this supernet with :func:`create_supernet`."""

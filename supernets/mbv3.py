@@ -318,8 +318,70 @@ class ElasticMobileNetV3(Supernet):
         reorganize_channels(self, expand_stage)
         return True
 
+    def latency_segments(self, arch: Architecture | Mapping[str, Any]) -> list[tuple[str, tuple[int, ...]]]:
+        """Stem, each active block and the head (final expand, pooling, feature layer, classifier); a block's key
+        holds everything that shapes its computation (channels, kernel, expansion, stride, SE, activation and
+        input size)."""
+        cfg = self.config
+        arch = self.space.canonical(arch)
+        r = self.resolution(arch)
+        h = _conv_out(r, 3, cfg.stem_stride)
+        segments: list[tuple[str, tuple[int, ...]]] = [
+            (f"stem:{cfg.in_channels}>{cfg.stem_width}:s{cfg.stem_stride}:{cfg.stem_act}:{r}", (cfg.in_channels, r, r))]
+        width = cfg.stem_width
+
+        def block(cin: int, cout: int, k: int, e: int | None, s: int, se: bool, act: str, hin: int) -> None:
+            segments.append((f"mbconv:{cin}>{cout}:k{k}:e{e}:s{s}:se{int(se)}:{act}:{hin}", (cin, hin, hin)))
+
+        if cfg.first_block_width is not None:
+            block(width, cfg.first_block_width, 3, None, 1, False, cfg.first_block_act, h)
+            width = cfg.first_block_width
+        ks, es, ds = arch["ks"], arch["e"], arch["d"]
+        assert isinstance(ks, tuple) and isinstance(es, tuple) and isinstance(ds, tuple)
+        for u, stage in enumerate(cfg.stages):
+            for j in range(ds[u]):
+                i = u * cfg.max_depth + j
+                s = stage.stride if j == 0 else 1
+                block(width, stage.width, ks[i], es[i], s, stage.se, stage.act, h)
+                h, width = _conv_out(h, ks[i], s), stage.width
+        segments.append((f"head:{width}>{cfg.final_expand_width}>{cfg.feature_width}>{cfg.num_classes}:{h}",
+                         (width, h, h)))
+        return segments
+
+    def segment_modules(self, arch: Architecture | Mapping[str, Any]) -> list[nn.Module]:
+        sub = self.extract(arch)
+        return [sub.stem, *sub.blocks, _Head(sub)]
+
+    def covering_architectures(self) -> list[Architecture]:
+        """One architecture per (kernel, expansion, resolution) with every unit at full depth: a block's
+        structure depends only on its own kernel and expansion, its position and the resolution, so these
+        cover every block of the space."""
+        cfg, space = self.config, self.space
+        archs = []
+        for r in cfg.resolutions:
+            for k in cfg.kernel_sizes:
+                for e in cfg.expand_ratios:
+                    n = len(cfg.stages) * cfg.max_depth
+                    archs.append(space.canonical({"ks": [k] * n, "e": [e] * n, "d": [cfg.max_depth] * len(cfg.stages),
+                                                  "r": r}))
+        return archs
+
     def config_dict(self) -> dict[str, Any]:
         return asdict(self.config)
+
+
+class _Head(nn.Module):
+    """The tail of a :class:`MobileNetV3Subnet` after its blocks, as one module (a latency-table segment)."""
+
+    def __init__(self, sub: MobileNetV3Subnet) -> None:
+        super().__init__()
+        self.final_expand, self.feature, self.classifier = sub.final_expand, sub.feature, sub.classifier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.final_expand(x).mean((2, 3), keepdim=True)
+        if self.feature is not None:
+            x = self.feature(x)
+        return self.classifier(torch.flatten(x, 1))
 
 
 # -- registered members ---------------------------------------------------------------------------------------

@@ -1,0 +1,66 @@
+"""The ``"table"`` latency predictor: a per-device latency table (:mod:`nasforge.export`) behind the
+:class:`LatencyPredictor` interface, so searchers use measured per-segment latencies."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from nasforge.errors import ConfigError
+from nasforge.supernets.arch import Architecture
+
+from ._predictors import (
+    LatencyPredictor,
+    PredictorReport,
+    _check_targets,
+    _report,
+    _split,
+    register_latency_predictor,
+)
+
+if TYPE_CHECKING:
+    from nasforge.export._latency_table import LatencyTable
+    from nasforge.supernets import Supernet
+
+__all__ = ["TableLatencyPredictor"]
+
+
+@register_latency_predictor("table")
+class TableLatencyPredictor(LatencyPredictor):
+    """Latency from a table built by ``nasforge latency build-table`` (sum of segments + linear correction).
+
+    Args:
+        table: a :class:`~nasforge.export.LatencyTable` or the path of its JSON file.
+        net: the supernet the table was built for (its segments name the table's entries).
+        seed: seeds the held-out split of :meth:`fit`.
+
+    Raises:
+        ConfigError: an unreadable table, or one built for another supernet.
+    """
+
+    def __init__(self, table: LatencyTable | str | os.PathLike[str], net: Supernet, *, seed: int = 0) -> None:
+        from nasforge.export._latency_table import LatencyTable
+
+        self.table = table if isinstance(table, LatencyTable) else LatencyTable.load(table)
+        self.table.check_fits(net)
+        self.net = net
+        self.seed = int(seed)
+
+    def fit(self, archs: Sequence[Architecture], latencies_ms: Sequence[float], *, holdout: float = 0.2
+            ) -> PredictorReport:
+        """Refit the table's correction on end-to-end measurements (the segment entries stay as measured)."""
+        archs = list(archs)
+        y = _check_targets(archs, latencies_ms, "latencies")
+        train, held = _split(len(y), holdout, self.seed)
+        if len(train) < 3:
+            raise ConfigError("refitting a latency table's correction needs 3 or more training subnets")
+        self.table.fit_correction(self.net, [archs[i] for i in train], y[train].tolist())
+        return _report(len(train), self.predict([archs[i] for i in held]), y[held])
+
+    def predict(self, archs: Sequence[Architecture]) -> np.ndarray:
+        if isinstance(archs, (Architecture, str)):
+            raise ConfigError("pass a list of architectures, not a single one")
+        return self.table.predict_many(self.net, archs)
