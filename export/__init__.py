@@ -1,18 +1,36 @@
-"""Export subnets to ONNX and measure their latency.
+"""Export subnets to ONNX and measure their latency, here or on a board.
 
 Every public name of ``nasforge.export`` is listed here; the implementation lives in private modules.
+Importing this package does not import PyTorch: the names that need it (:func:`export_onnx`,
+:data:`EXPORTERS`, :class:`ExportResult`) load it on first use, and ``torch-cpu`` imports it when it measures.
 
 Export: :func:`export_onnx` writes one self-contained ONNX file after checking it against PyTorch in
 onnxruntime (:func:`check_parity`); :func:`read_metadata` reads back what it recorded.
 
 Latency: every backend is a :class:`Profiler` registered under a name (:func:`register_profiler`,
 :func:`list_profilers`, :func:`get_profiler`); :func:`measure_latency` is the one-call entry point.
-Built-in backends: ``ort-cpu`` (an ONNX file in onnxruntime) and ``torch-cpu`` (an ``nn.Module`` in PyTorch).
+Built-in backends: ``ort-cpu`` (an ONNX file in onnxruntime), ``torch-cpu`` (an ``nn.Module`` in PyTorch),
+``remote`` (:class:`RemoteProfiler`: an ONNX file sent to a board running the profiling agent) and, on NVIDIA
+GPUs, ``ort-cuda``, ``ort-tensorrt``, ``torch-cuda`` and ``tensorrt`` (engines from :func:`build_engine`, for
+TensorRT 10 and 11; :func:`plan_build` decides flags vs. strongly typed precision).
+
+Latency tables: :func:`build_latency_table` measures every distinct segment of a supernet on one device and fits
+an end-to-end correction; :func:`validate_latency_table` measures its error on fresh subnets.
+
+Edge agent: ``nasforge agent serve --token-file F`` (or :func:`make_server` with an :class:`AgentConfig`)
+measures uploaded ONNX files on the board in a child process: token checked in constant time, size capped
+before reading, self-contained ONNX only, one job at a time, results cached by model hash, loopback by
+default.
+:func:`agent_info` returns what an agent reports about itself (limits, backends, CPU flags, runtimes).
 """
 
 from __future__ import annotations
 
-from . import _profilers  # noqa: F401  (registers the built-in profilers)
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from . import _gpu_profilers, _profilers, _remote  # noqa: F401  (register the backends; nothing heavy imported)
+from ._agent import AgentConfig, make_server
 from ._latency import (
     LatencyResult,
     Profiler,
@@ -24,9 +42,18 @@ from ._latency import (
     register_profiler,
     timed_runs,
 )
-from ._onnx import EXPORTERS, ExportResult, export_onnx
+from ._latency_table import LatencyTable, build_latency_table, supernet_signature, validate_latency_table
 from ._onnx_io import read_metadata
 from ._parity import check_parity
+from ._remote import RemoteProfiler, agent_info
+from ._slim import slim_onnx
+from ._tensorrt import TrtBuildConfig, build_engine, graph_precision, plan_build, tensorrt_version
+
+if TYPE_CHECKING:
+    from ._onnx import EXPORTERS, ExportResult, export_onnx
+
+# Names whose module imports torch at load time: imported on first access (PEP 562).
+_LAZY = {"EXPORTERS": "._onnx", "ExportResult": "._onnx", "export_onnx": "._onnx"}
 
 __all__ = [
     "EXPORTERS",
@@ -43,4 +70,31 @@ __all__ = [
     "environment_fingerprint",
     "timed_runs",
     "check_measure_args",
+    "RemoteProfiler",
+    "agent_info",
+    "AgentConfig",
+    "make_server",
+    "LatencyTable",
+    "build_latency_table",
+    "validate_latency_table",
+    "supernet_signature",
+    "slim_onnx",
+    "TrtBuildConfig",
+    "build_engine",
+    "graph_precision",
+    "plan_build",
+    "tensorrt_version",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from nasforge.errors import ConfigError, ExportError
 
@@ -16,6 +15,7 @@ from ._onnx_io import first_line, load_onnx, open_session, ort_errors
 
 if TYPE_CHECKING:
     import onnxruntime
+    import torch
 
 __all__ = ["check_parity", "eval_mode", "max_abs_diff", "session_parity"]
 
@@ -52,6 +52,8 @@ def max_abs_diff(expected: np.ndarray, actual: np.ndarray) -> float:
 
 def _torch_output(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
     """Run ``model`` eagerly on ``x`` and return its single tensor output as numpy."""
+    import torch
+
     with torch.no_grad():
         out = model(x)
     if not isinstance(out, torch.Tensor):

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from nasforge.errors import ConfigError, ExportError
 
@@ -21,6 +20,9 @@ from ._latency import (
 )
 from ._onnx_io import InputSpec, first_line, load_onnx, open_session, ort_errors, single_input_spec
 from ._parity import eval_mode
+
+if TYPE_CHECKING:  # torch is imported only when torch-cpu measures, so ort-cpu runs where torch is absent
+    import torch
 
 __all__ = ["OrtCpuProfiler", "TorchCpuProfiler"]
 
@@ -133,6 +135,8 @@ class OrtCpuProfiler(Profiler):
 
 def _module_dtype(model: torch.nn.Module, backend: str) -> torch.dtype:
     """Floating dtype of the module's parameters (float32 if it has none); they must be on the CPU."""
+    import torch
+
     dtype = torch.float32
     for param in model.parameters():
         if param.device.type != "cpu":
@@ -164,6 +168,8 @@ class TorchCpuProfiler(Profiler):
 
         The module runs in eval mode; its modes and the thread count are restored afterwards.
         """
+        import torch
+
         check_measure_args(
             batch=batch, runs=runs, warmup=warmup, threads=threads, max_cv=max_cv, max_remeasure=max_remeasure
         )

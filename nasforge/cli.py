@@ -107,6 +107,56 @@ def build_parser() -> argparse.ArgumentParser:
     desc.add_argument("--json", action="store_true", help="print JSON")
     desc.set_defaults(func=_cmd_space_describe)
     space.set_defaults(func=lambda args: _usage(space))
+
+    profile = sub.add_parser(
+        "profile", parents=[common], help="measure the latency of an ONNX file here or on a board (--remote)",
+        description="Time MODEL (an .onnx file) with a latency backend, or send it to a board running "
+                    "`nasforge agent serve` with --remote URL --token-file F; --json prints the same result "
+                    "either way.")
+    profile.add_argument("model", type=Path, help="the .onnx file")
+    profile.add_argument("--backend",
+                         help="latency backend (default ort-cpu); with --remote, the backend the agent runs")
+    profile.add_argument("--remote", metavar="URL", help="agent address, e.g. http://127.0.0.1:8765")
+    profile.add_argument("--token-file", type=Path, help="file holding the agent's token (with --remote)")
+    profile.add_argument("--device", help="a device of devices.yaml (backend, threads, agent URL...); explicit "
+                                           "options override its settings")
+    profile.add_argument("--devices", type=Path, help="devices file (default $NASFORGE_DEVICES or ./devices.yaml)")
+    profile.add_argument("--batch", type=int, help="batch size (default 1)")
+    profile.add_argument("--runs", type=int, help="timed runs per round (default 200)")
+    profile.add_argument("--warmup", type=int, help="untimed runs first (default 20)")
+    profile.add_argument("--threads", type=int, help="intra-op threads (default 1)")
+    profile.add_argument("--input-shape", metavar="C,H,W",
+                         help="shape of one sample without the batch dim, for models with dynamic dims")
+    profile.add_argument("--json", action="store_true", help="print the result as JSON")
+    profile.set_defaults(func=_cmd_profile)
+
+    agent = sub.add_parser("agent", parents=[common], help="the profiling agent that runs on a board",
+                           description="Serve latency measurements of uploaded ONNX files (on the board), or "
+                                       "create its token file.")
+    agent_sub = agent.add_subparsers(dest="agent_command", metavar="ACTION")
+    agent_serve = agent_sub.add_parser(
+        "serve", parents=[common], help="run the agent (loopback by default; reach it through ssh -L)",
+        description="Measure ONNX files POSTed with the token of --token-file, one at a time, each in a child "
+                    "process. Listens on 127.0.0.1 unless --host says otherwise; reach it from another machine "
+                    "through an SSH tunnel: ssh -L 8765:127.0.0.1:8765 BOARD.")
+    agent_serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    agent_serve.add_argument("--port", type=int, default=8765, help="TCP port (default 8765; 0 picks a free one)")
+    agent_serve.add_argument("--token-file", type=Path, required=True,
+                             help="file holding the shared token (mode 600; see `nasforge agent token`)")
+    agent_serve.add_argument("--max-mb", type=float, default=64.0, help="largest accepted upload in MiB (default 64)")
+    agent_serve.add_argument("--timeout", type=float, default=300.0,
+                             help="seconds one measurement may take (default 300)")
+    agent_serve.add_argument("--cache-dir", type=Path, help="also keep results here across restarts")
+    agent_serve.set_defaults(func=_cmd_agent_serve)
+    agent_token = agent_sub.add_parser("token", parents=[common], help="write a new random token file (mode 600)")
+    agent_token.add_argument("--out", type=Path, required=True, help="token file to create")
+    agent_token.add_argument("--force", action="store_true", help="replace an existing file")
+    agent_token.set_defaults(func=_cmd_agent_token)
+    agent.set_defaults(func=lambda args: _usage(agent))
+
+    from nasforge.cli_deploy import add_commands
+
+    add_commands(sub, common)
     return parser
 
 
@@ -251,6 +301,94 @@ def _cmd_space_describe(args: argparse.Namespace) -> int:
         print(f"params      {result['params']:,}")
         print(f"MACs        {result['macs']:,}")
         print(f"arch        {json.dumps(result['arch'], separators=(',', ':'))}")
+    return 0
+
+
+def _parse_shape(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        shape = tuple(int(d) for d in text.split(","))
+    except ValueError:
+        shape = ()
+    if not shape or any(d < 1 for d in shape):
+        raise ConfigError(f"--input-shape {text!r} is invalid; pass positive ints without the batch dim, e.g. 3,32,32")
+    return shape
+
+
+def _cmd_profile(args: argparse.Namespace) -> int:
+    from nasforge.export import get_profiler
+
+    defaults = {"batch": 1, "runs": 200, "warmup": 20, "threads": 1}
+    if args.device is not None:
+        if args.remote is not None:
+            raise ConfigError("--device and --remote both say where to measure; pass one of them")
+        from nasforge.devices import get_device
+
+        device = get_device(args.device, args.devices)
+        defaults = {"batch": device.batch, **device.measure_options()}
+        if device.backend == "remote":
+            args.remote = device.options["url"]
+            args.token_file = args.token_file or device.options.get("token_file")
+            args.backend = args.backend or defaults.pop("backend")
+        else:
+            args.backend = args.backend or device.backend
+    defaults.pop("backend", None)
+    args.backend = args.backend or "ort-cpu"
+    settings = {key: getattr(args, key) if getattr(args, key) is not None else value for key, value in defaults.items()}
+    settings["input_shape"] = _parse_shape(args.input_shape)
+    if args.remote is not None:
+        if args.token_file is None:
+            raise ConfigError("--remote needs --token-file F, the file holding the agent's token")
+        profiler = get_profiler("remote", url=args.remote, token_file=args.token_file)
+        result = profiler.measure(args.model, backend=args.backend, **settings)
+        where = f"the agent at {profiler.url}" + (" (cached result)" if (profiler.last_reply or {}).get("cached")
+                                                  else "")
+    else:
+        if args.token_file is not None:
+            raise ConfigError("--token-file goes with --remote URL; drop it to measure on this machine")
+        if args.backend == "remote":
+            raise ConfigError("to measure on a board pass --remote URL --token-file F (and --backend ort-cpu)")
+        if args.backend == "torch-cpu":
+            raise ConfigError("torch-cpu measures a PyTorch module, not an .onnx file; use --backend ort-cpu "
+                              "(or nasforge.export.measure_latency(module, backend='torch-cpu') in Python)")
+        result = get_profiler(args.backend).measure(args.model, **settings)
+        where = "this machine"
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return 0
+    fp = result.fingerprint
+    cpu = fp.get("cpu") or {}
+    versions = fp.get("versions") or {}
+    runtimes = ", ".join(f"{k} {v}" for k, v in versions.items() if v and k in ("onnxruntime", "torch"))
+    print(f"{args.model} on {result.backend}: batch {result.batch}, {result.threads} thread(s), "
+          f"{result.runs} runs after {result.warmup} warm-up")
+    print(f"  p50 {result.median_ms:.4g} ms   p90 {result.p90_ms:.4g} ms   p99 {result.p99_ms:.4g} ms   "
+          f"min {result.min_ms:.4g} ms")
+    print(f"  CV {result.cv:.3f}, re-measured {result.remeasured} time(s)")
+    print(f"  measured on {where}: {cpu.get('model', 'unknown CPU')} ({fp.get('machine', '?')}, flags "
+          f"{' '.join(cpu.get('flags') or []) or 'none listed'}){'; ' + runtimes if runtimes else ''}")
+    return 0
+
+
+def _cmd_agent_serve(args: argparse.Namespace) -> int:
+    from nasforge.export._agent import AgentConfig, read_token_file, serve
+
+    if not args.max_mb > 0:
+        raise ConfigError(f"--max-mb {args.max_mb:g} is invalid; pass a size in MiB > 0")
+    config = AgentConfig(token=read_token_file(args.token_file), host=args.host, port=args.port,
+                         max_bytes=max(1, int(args.max_mb * 1024 * 1024)), timeout_s=args.timeout,
+                         cache_dir=args.cache_dir)
+    serve(config)
+    return 0
+
+
+def _cmd_agent_token(args: argparse.Namespace) -> int:
+    from nasforge.export._agent import write_token_file
+
+    path = write_token_file(args.out, overwrite=args.force)
+    print(f"wrote a new token to {path} (mode 600); copy it to the client, then: nasforge agent serve "
+          f"--token-file {path}")
     return 0
 
 

@@ -44,6 +44,7 @@ class Device:
     warmup: int = 20
     description: str = ""
     options: dict[str, Any] = field(default_factory=dict)
+    remote_backend: str = "ort-cpu"
 
     def profiler(self) -> Any:
         """The configured :class:`~nasforge.export.Profiler` of this device."""
@@ -51,14 +52,17 @@ class Device:
 
         return get_profiler(self.backend, **self.options)
 
-    def measure_options(self) -> dict[str, int]:
-        return {"threads": self.threads, "runs": self.runs, "warmup": self.warmup}
+    def measure_options(self) -> dict[str, Any]:
+        """Keyword arguments of ``Profiler.measure`` (``backend`` too for a remote device: what the agent runs)."""
+        extra = {"backend": self.remote_backend} if self.backend == "remote" else {}
+        return {"threads": self.threads, "runs": self.runs, "warmup": self.warmup, **extra}
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "backend": self.backend, "threads": self.threads, "batch": self.batch,
                 "runs": self.runs, "warmup": self.warmup, "description": self.description,
                 # never write a token itself; a token file's path is fine
-                "options": {k: v for k, v in self.options.items() if k != "token"}}
+                "options": {k: v for k, v in self.options.items() if k != "token"},
+                **({"remote_backend": self.remote_backend} if self.backend == "remote" else {})}
 
 
 def _device(name: str, spec: Any, where: str) -> Device:
@@ -87,10 +91,8 @@ def _device(name: str, spec: Any, where: str) -> Device:
             options["token_file"] = str(Path(str(spec["token_file"])).expanduser())
         if "timeout" in spec:
             options["timeout"] = float(spec["timeout"])
-        if "remote_backend" in spec:
-            options["backend"] = str(spec["remote_backend"])
     return Device(name=name, backend=backend, description=str(spec.get("description", "")), options=options,
-                  **numbers)
+                  remote_backend=str(spec.get("remote_backend", "ort-cpu")), **numbers)
 
 
 def _devices_file(path: str | os.PathLike[str] | None) -> Path | None:

@@ -1,0 +1,75 @@
+"""`nasforge export` and `nasforge latency` through the real command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nasforge.export import read_metadata
+from nasforge.supernets import create_supernet
+from nasforge.supernets.checkpoint import save_checkpoint
+
+TINY = {"num_classes": 10, "in_channels": 1, "stem_width": 8, "first_block_width": 8,
+        "stages": [[16, 2, "relu", False], [24, 2, "hswish", True]], "kernel_sizes": [3, 5],
+        "expand_ratios": [2, 4], "depths": [1, 2], "resolutions": [12, 16], "final_expand_width": 32,
+        "feature_width": 32}
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "nasforge", *args], capture_output=True, text=True, timeout=300,
+                          cwd=cwd, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+@pytest.fixture(scope="module")
+def run_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("run")
+    save_checkpoint(folder / "supernet.pt", create_supernet("mbv3-small", **TINY), "mbv3-small", TINY)
+    (folder / "train.json").write_text(json.dumps({"data": "digits", "image_size": 16}))
+    return folder
+
+
+def test_export_command(run_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "m.onnx"
+    res = run_cli("export", str(run_folder), "--arch", "smallest", "--out", str(out), "--dynamic-batch", "--json",
+                  "--exporter", "torchscript")
+    assert res.returncode == 0, res.stderr[-2000:]
+    report = json.loads(res.stdout)
+    assert report["max_abs_diff"] < 1e-4 and report["real_inputs"] > 1
+    assert json.loads(read_metadata(out)["architecture"]) == report["arch"]
+    # the exported file measured on a device named in ./devices.yaml (its settings, overridable)
+    (tmp_path / "devices.yaml").write_text("devices:\n  laptop: {backend: ort-cpu, threads: 1, runs: 15, warmup: 2}\n")
+    res = run_cli("profile", str(out), "--device", "laptop", "--json", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    measured = json.loads(res.stdout)
+    assert measured["runs"] == 15 and measured["warmup"] == 2 and measured["backend"] == "ort-cpu"
+    res = run_cli("profile", str(out), "--device", "laptop", "--runs", "12", "--json", cwd=tmp_path)
+    assert json.loads(res.stdout)["runs"] == 12
+    res = run_cli("profile", str(out), "--device", "nope", cwd=tmp_path)
+    assert res.returncode == 2 and "unknown device" in res.stderr
+    for args, needle in ((["--arch", '{"ks": [11]}'], "ks"), (["--format", "tflite"], "tflite"),
+                         (["--resolution", "99"], "resolutions")):
+        res = run_cli("export", str(run_folder), "--out", str(tmp_path / "x.onnx"), *args)
+        assert res.returncode == 2 and needle in res.stderr and "Traceback" not in res.stderr, res.stderr
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_latency_table_commands(tmp_path: Path) -> None:
+    sets = [f"--set={k}={json.dumps(v)}" for k, v in TINY.items()]
+    table = tmp_path / "t.json"
+    res = run_cli("latency", "build-table", "mbv3-small", *sets, "--out", str(table), "--runs", "20",
+                  "--calibration", "5")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "segments" in res.stdout and json.loads(table.read_text())["entries"]
+    res = run_cli("latency", "validate", "mbv3-small", *sets, "--table", str(table), "--samples", "4", "--json")
+    assert res.returncode == 0, res.stderr[-2000:]
+    report = json.loads(res.stdout)
+    assert report["samples"] == 4 and report["mape"] >= 0
+    res = run_cli("latency", "validate", "mbv3-small", "--table", str(table), "--samples", "4")
+    assert res.returncode == 2 and "another supernet" in res.stderr and "Traceback" not in res.stderr
+    res = run_cli("latency", "build-table", "mbv3-small", "--device", "jetson")
+    assert res.returncode == 2 and "unknown device 'jetson'" in res.stderr
