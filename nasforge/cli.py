@@ -90,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--workers", type=int, default=1, help="local worker processes on the same study")
     search.add_argument("--seed", type=int, default=0)
     search.add_argument("--image-size", type=int, help="stored image size (default: the space's largest)")
+    search.add_argument("--latency-table", type=Path,
+                        help="latency_ms from this table (`nasforge latency build-table`) instead of measuring")
     search.add_argument("--resume", action="store_true", help="continue the search in --out (--trials may add)")
     search.set_defaults(func=_cmd_search)
 
@@ -238,7 +240,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
     out = args.out or Path("runs") / time.strftime("search-%Y%m%d-%H%M%S")
     job = SearchJob(checkpoint=str(checkpoint), data=data, out=str(out), objectives=_split([args.objectives]),
                     constraints=tuple(args.constraint), sampler=args.sampler, trials=args.trials,
-                    storage=args.storage, study=args.study, seed=args.seed, image_size=args.image_size or size)
+                    storage=args.storage, study=args.study, seed=args.seed, image_size=args.image_size or size,
+                    latency_table=str(args.latency_table.resolve()) if args.latency_table else None)
     result = run_search_job(job, workers=args.workers, resume=args.resume,
                             log=lambda m: print(m, file=sys.stderr))
     summary = json.loads((out / "pareto.json").read_text())

@@ -54,6 +54,7 @@ class SearchJob:
     image_size: int | None = None
     latency_runs: int = 50
     heartbeat: float = 10.0
+    latency_table: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -127,14 +128,23 @@ def _worker(job: SearchJob, worker: int) -> SearchResult:
     size = job.image_size or net.resolution(net.space.largest())
     data = load_data(job.data, image_size=size, seed=job.seed)
     wanted = " ".join(job.objectives + job.constraints)
-    evaluate = make_subnet_evaluator(net, data, calib_images=job.calib_images, latency="latency" in wanted,
-                                     latency_runs=job.latency_runs, scratch=Path(job.out))
+    cost_fns: dict[str, Callable[[Architecture], float]] = {"macs": net.macs, "params": net.params}
+    table_fn = _table_latency(job, net)
+    evaluate = make_subnet_evaluator(net, data, calib_images=job.calib_images,
+                                     latency="latency" in wanted and table_fn is None, latency_runs=job.latency_runs,
+                                     scratch=Path(job.out))
+    if table_fn is not None:  # latency_ms from the device's latency table instead of measuring every trial
+        cost_fns["latency_ms"] = table_fn
+        measured = evaluate
+
+        def evaluate(arch: Architecture) -> dict[str, float]:
+            return {**measured(arch), "latency_ms": table_fn(arch)}
+
     sampler: Any = job.sampler
-    if sampler == "predictor":  # exact MACs/params instead of predicting them
+    if sampler == "predictor":  # exact MACs/params (and table latency) instead of predicting them
         from nasforge.nas import PredictorLoopSearcher
 
-        sampler = PredictorLoopSearcher(cost_fns={"macs": net.macs, "params": net.params},
-                                        heartbeat_interval=job.heartbeat)
+        sampler = PredictorLoopSearcher(cost_fns=cost_fns, heartbeat_interval=job.heartbeat)
     elif nni_strategy(sampler) is not None:  # NNI's home (nni-experiments) is the run folder
         from nasforge.nas import NniSearcher
 
@@ -143,6 +153,17 @@ def _worker(job: SearchJob, worker: int) -> SearchResult:
                       n_trials=job.trials, sampler=sampler, storage=job.storage_url, study_name=job.study,
                       seed=job.seed + 1000 * worker, initial=(net.space.largest(), net.space.smallest()),
                       heartbeat=job.heartbeat)
+
+
+def _table_latency(job: SearchJob, net: Supernet) -> Callable[[Architecture], float] | None:
+    """``arch -> predicted latency_ms`` from ``job.latency_table``, or None without a table."""
+    if job.latency_table is None:
+        return None
+    from nasforge.export import LatencyTable
+
+    table = LatencyTable.load(job.latency_table)
+    table.check_fits(net)
+    return lambda arch: table.predict(net, arch)
 
 
 def _worker_entry(args: tuple[SearchJob, int]) -> int:
@@ -170,7 +191,9 @@ def run_search_job(job: SearchJob, *, workers: int = 1, resume: bool = False,
     if workers > 1 and nni_strategy(job.sampler) is not None:
         raise ConfigError("the NNI backend runs one sequential worker; use --workers 1 or an Optuna sampler")
     _make_searcher(job.sampler)  # an unknown sampler (or one whose extra is missing) fails before anything is written
-    resolve_storage(job.storage_url)  # so do a missing database driver and an unreachable database
+    if job.latency_table is not None:  # so does a table that is unreadable or made for another supernet
+        _table_latency(job, load_supernet(job.checkpoint)[0])
+    resolve_storage(job.storage_url)  # and a missing database driver or an unreachable database
     out = Path(job.out)
     record = out / "search_job.json"
     if record.exists() and not resume:

@@ -73,3 +73,28 @@ def test_latency_table_commands(tmp_path: Path) -> None:
     assert res.returncode == 2 and "another supernet" in res.stderr and "Traceback" not in res.stderr
     res = run_cli("latency", "build-table", "mbv3-small", "--device", "jetson")
     assert res.returncode == 2 and "unknown device 'jetson'" in res.stderr
+
+
+def test_search_uses_the_latency_table(run_folder: Path, tmp_path: Path) -> None:
+    table = tmp_path / "t.json"
+    res = run_cli("latency", "build-table", str(run_folder), "--out", str(table), "--runs", "10", "--calibration", "4")
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = tmp_path / "search"
+    res = run_cli("search", str(run_folder), "--out", str(out), "--trials", "6", "--sampler", "predictor",
+                  "--objectives", "accuracy,latency_ms", "--constraint", "latency_ms<=100", "--latency-table",
+                  str(table))
+    assert res.returncode == 0, res.stderr[-2000:]
+    from nasforge.export import LatencyTable
+    from nasforge.nas import SearchResult
+    from nasforge.supernets.checkpoint import load_supernet
+
+    net = load_supernet(run_folder / "supernet.pt")[0]
+    loaded = LatencyTable.load(table)
+    result = SearchResult.from_json(out / "search.json")
+    for trial in result.trials:  # every trial's latency is the table's prediction, not a measurement
+        assert abs(trial.metrics["latency_ms"] - loaded.predict(net, trial.arch)) < 1e-9
+    other = tmp_path / "other.json"
+    other.write_text(table.read_text().replace(loaded.signature, "0" * 16))
+    res = run_cli("search", str(run_folder), "--out", str(tmp_path / "s2"), "--objectives", "accuracy,latency_ms",
+                  "--latency-table", str(other))
+    assert res.returncode == 2 and "another supernet" in res.stderr and not (tmp_path / "s2").exists()
