@@ -15,7 +15,9 @@ an architecture seen before costs no time again; each run still counts every dis
 
 Objectives: accuracy (max) and MACs (min). The reference point is fixed once from a long random run
 (``--reference-trials``) as (minimum accuracy seen - 0.05, 1.1 x MACs of the largest subnet). The reference
-hypervolume is that of the union of every architecture measured by the reference run and all method runs.
+hypervolume is that of the union of every architecture measured by the reference run and all method runs
+(``--reference-from results.json`` reuses an earlier run's point and hypervolume instead, e.g. to give one method
+a longer budget against the same yardstick).
 For each method (random, nsga2, tpe, predictor) and seed, ``run_search`` runs ``--budget`` trials with
 ``initial=(largest, smallest)`` in memory; after every measured evaluation the hypervolume of the complete trials so
 far is recorded, and the first count at which it reaches 99% of the reference is reported. Writes ``results.json``
@@ -147,6 +149,9 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     ap.add_argument("--calib-images", type=int, default=500)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--reference-from", type=Path, default=None,
+                    help="results.json of an earlier run: reuse its reference point and HV (no reference run), e.g. "
+                         "to give random a longer budget against the same yardstick")
     ap.add_argument("--targets", type=float, nargs="+", default=list(TARGETS),
                     help="fractions of the reference hypervolume to count evaluations to")
     args = ap.parse_args()
@@ -168,18 +173,28 @@ def main() -> None:
     cached = CachedEvaluator(make_subnet_evaluator(net, data, calib_images=args.calib_images))
     print(f"supernet ready in {train_s:.0f} s; {len(data.val)} validation images", flush=True)
 
-    # reference run: long random search (its seed is apart from the method seeds)
-    t0 = time.perf_counter()
-    evaluate, ref_stats = cached.for_run()
-    ref_result = run_search(space, evaluate, objectives=OBJECTIVES, n_trials=args.reference_trials,
-                            sampler="random", storage=None, seed=10_000, initial=(space.largest(), space.smallest()))
-    ref_points = complete_points(ref_result)
-    min_acc = min(p[0] for p in ref_points)
     largest_macs = float(net.macs(space.largest()))
-    reference = (max(0.0, min_acc - 0.05), 1.1 * largest_macs)
-    print(f"reference run: {ref_stats['calls']} measured archs in {time.perf_counter() - t0:.0f} s; "
-          f"reference point: accuracy {reference[0]:.4f} (min seen {min_acc:.4f} - 0.05), "
-          f"macs {reference[1]:.4g} (1.1 x largest {largest_macs:.4g})", flush=True)
+    if args.reference_from is not None:  # the yardstick of an earlier run: same point, same reference HV
+        earlier = json.loads(args.reference_from.read_text())
+        point = earlier["reference_point"]
+        reference, min_acc = (point["accuracy"], point["macs"]), point["min_accuracy_seen"]
+        fixed_hv: float | None = float(earlier["reference_hv"])
+        ref_points: list[tuple[float, float]] = []
+        print(f"reference from {args.reference_from}: point {reference}, HV {fixed_hv:.6g}", flush=True)
+    else:
+        # reference run: long random search (its seed is apart from the method seeds)
+        fixed_hv = None
+        t0 = time.perf_counter()
+        evaluate, ref_stats = cached.for_run()
+        ref_result = run_search(space, evaluate, objectives=OBJECTIVES, n_trials=args.reference_trials,
+                                sampler="random", storage=None, seed=10_000,
+                                initial=(space.largest(), space.smallest()))
+        ref_points = complete_points(ref_result)
+        min_acc = min(p[0] for p in ref_points)
+        reference = (max(0.0, min_acc - 0.05), 1.1 * largest_macs)
+        print(f"reference run: {ref_stats['calls']} measured archs in {time.perf_counter() - t0:.0f} s; "
+              f"reference point: accuracy {reference[0]:.4f} (min seen {min_acc:.4f} - 0.05), "
+              f"macs {reference[1]:.4g} (1.1 x largest {largest_macs:.4g})", flush=True)
 
     runs: list[dict[str, Any]] = []
     for method in args.methods:
@@ -199,8 +214,8 @@ def main() -> None:
     # reference hypervolume: union of everything measured
     union = {json_key: m for json_key, (m, _) in cached.cache.items()}
     union_points = [(m["accuracy"], m["macs"]) for m in union.values()]
-    ref_hv = hypervolume_2d(union_points, DIRECTIONS, reference)
-    ref_run_hv = hypervolume_2d(ref_points, DIRECTIONS, reference)
+    ref_hv = fixed_hv if fixed_hv is not None else hypervolume_2d(union_points, DIRECTIONS, reference)
+    ref_run_hv = hypervolume_2d(ref_points, DIRECTIONS, reference) if ref_points else float("nan")
 
     rows = []
     for r in runs:
