@@ -39,7 +39,7 @@ import torch
 from trainers import CNN_OPTIONS, CNN_RUNS  # benchmarks/trainers.py, next to this script
 
 from nasforge.data import load_data
-from nasforge.nas import PredictorLoopSearcher, SearchResult, hypervolume_2d, run_search
+from nasforge.nas import PredictorLoopSearcher, SearchResult, hypervolume_2d, pareto_front, run_search
 from nasforge.search import make_subnet_evaluator
 from nasforge.supernets import Architecture, Supernet
 from nasforge.supernets.checkpoint import load_supernet
@@ -88,11 +88,12 @@ def complete_points(result: SearchResult) -> list[tuple[float, float]]:
 def hv_curve(result: SearchResult, reference: tuple[float, float]) -> list[float]:
     """Hypervolume of the complete trials so far after each measured (non-duplicate) evaluation."""
     curve: list[float] = []
-    points: list[tuple[float, float]] = []
+    points: list[tuple[float, float]] = []  # the front so far: a dominated point never adds hypervolume again
     for t in sorted(result.trials, key=lambda t: t.number):
         if t.state != "complete" or not all(k in t.metrics for k in OBJECTIVES):
             continue
         points.append((t.metrics["accuracy"], t.metrics["macs"]))
+        points = [points[i] for i in pareto_front(points, DIRECTIONS)]
         if t.duplicate_of is None:
             curve.append(hypervolume_2d(points, DIRECTIONS, reference))
         elif curve:  # reused metrics add no point; keep the curve per measured evaluation
