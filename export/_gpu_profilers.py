@@ -2,7 +2,7 @@
 
 They follow the protocol of :func:`~nasforge.export._latency.timed_runs` (fixed threads, ``warmup`` untimed
 runs, ``runs`` timed runs, re-measure while the CV exceeds ``max_cv``). ``torch-cuda`` and ``tensorrt`` time
-each run with CUDA events recorded on the stream around the work (:func:`cuda_timed_runs`), waiting for the
+each run with CUDA events recorded on the stream around the work (:func:`~nasforge.export.timed_runs` with ``self_timed=True``), waiting for the
 end event before the next run; the onnxruntime backends time ``run_with_iobinding`` plus a synchronisation of
 the outputs with the wall clock, since onnxruntime exposes no stream to record events on. Their fingerprint
 adds the GPU (name, compute capability, memory, driver) and the CUDA / TensorRT / onnxruntime-gpu versions
@@ -30,7 +30,6 @@ from nasforge.errors import ConfigError, ExportError
 from ._latency import (
     LatencyResult,
     Profiler,
-    _cv,
     _version,
     check_measure_args,
     environment_fingerprint,
@@ -48,7 +47,6 @@ __all__ = [
     "OrtTensorrtProfiler",
     "TensorrtProfiler",
     "TorchCudaProfiler",
-    "cuda_timed_runs",
     "gpu_fingerprint",
     "gpu_info",
 ]
@@ -141,33 +139,6 @@ def _tensorrt_version_text() -> str | None:
 
 
 # ---------------------------------------------------------------------------------------------- GPU protocol
-def _time_round(time_once: Callable[[], float], runs: int) -> np.ndarray:
-    return np.fromiter((time_once() for _ in range(runs)), dtype=np.float64, count=runs)
-
-
-def cuda_timed_runs(
-    time_once: Callable[[], float], *, runs: int, warmup: int, max_cv: float, max_remeasure: int
-) -> tuple[np.ndarray, int]:
-    """The protocol of :func:`timed_runs` for runs that time themselves (e.g. with CUDA events).
-
-    Args:
-        time_once: runs one inference, waits for it, and returns its duration in nanoseconds.
-
-    Returns:
-        The kept round's per-run timings in nanoseconds (float64) and how many extra rounds were timed.
-    """
-    for _ in range(warmup):
-        time_once()
-    best = _time_round(time_once, runs)
-    remeasured = 0
-    while _cv(best) > max_cv and remeasured < max_remeasure:
-        again = _time_round(time_once, runs)
-        remeasured += 1
-        if _cv(again) < _cv(best):
-            best = again
-    return best, remeasured
-
-
 def _event_timer(torch_mod: Any, run: Callable[[], object], stream: Any) -> Callable[[], float]:
     """Wrap ``run`` (which enqueues work on ``stream``) into a function returning its CUDA-event time in ns."""
     start = torch_mod.cuda.Event(enable_timing=True)
@@ -489,12 +460,13 @@ class TorchCudaProfiler(Profiler):
                         def run() -> None:
                             net(x)
 
-                    samples, remeasured = cuda_timed_runs(
+                    samples, remeasured = timed_runs(
                         _event_timer(torch, run, stream),
                         runs=runs,
                         warmup=warmup,
                         max_cv=max_cv,
                         max_remeasure=max_remeasure,
+                        self_timed=True,
                     )
         finally:
             torch.set_num_threads(previous)
@@ -751,11 +723,12 @@ class TensorrtProfiler(Profiler):
                 raise ExportError(f"TensorRT failed to run '{path}' (execute_async_v3 returned False)")
 
         torch_mod.cuda.synchronize(device)  # inputs written on the default stream are ready
-        samples, remeasured = cuda_timed_runs(
+        samples, remeasured = timed_runs(
             _event_timer(torch_mod, run, stream),
             runs=runs,
             warmup=warmup,
             max_cv=max_cv,
             max_remeasure=max_remeasure,
+            self_timed=True,
         )
         return samples, remeasured  # engine, context and buffers are freed with this frame

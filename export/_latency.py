@@ -206,8 +206,10 @@ def check_measure_args(
         raise ConfigError(f"max_cv={max_cv!r} is invalid; pass a number >= 0 (e.g. 0.1)")
 
 
-def _time_round(run_once: Callable[[], object], runs: int) -> np.ndarray:
-    """Time ``runs`` calls of ``run_once`` one by one, in nanoseconds."""
+def _time_round(run_once: Callable[[], object], runs: int, self_timed: bool) -> np.ndarray:
+    """``runs`` per-run durations in nanoseconds: timed around each call, or returned by it (``self_timed``)."""
+    if self_timed:
+        return np.fromiter((float(run_once()) for _ in range(runs)), dtype=np.float64, count=runs)  # type: ignore[arg-type]
     samples = np.empty(runs, dtype=np.int64)
     for i in range(runs):
         start = time.perf_counter_ns()
@@ -217,19 +219,24 @@ def _time_round(run_once: Callable[[], object], runs: int) -> np.ndarray:
 
 
 def timed_runs(
-    run_once: Callable[[], object], *, runs: int, warmup: int, max_cv: float, max_remeasure: int
+    run_once: Callable[[], object], *, runs: int, warmup: int, max_cv: float, max_remeasure: int,
+    self_timed: bool = False,
 ) -> tuple[np.ndarray, int]:
     """Run the measurement protocol on ``run_once`` (one inference, blocking until done).
+
+    Args:
+        self_timed: ``run_once`` returns its own duration in nanoseconds (e.g. from CUDA events) instead of
+            being timed with the host clock.
 
     Returns:
         The kept round's per-run timings in nanoseconds and how many extra rounds were timed.
     """
     for _ in range(warmup):
         run_once()
-    best = _time_round(run_once, runs)
+    best = _time_round(run_once, runs, self_timed)
     remeasured = 0
     while _cv(best) > max_cv and remeasured < max_remeasure:
-        again = _time_round(run_once, runs)
+        again = _time_round(run_once, runs, self_timed)
         remeasured += 1
         if _cv(again) < _cv(best):
             best = again

@@ -14,7 +14,6 @@ Everything that imports ``tensorrt`` does so lazily: this module imports without
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import re
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nasforge.errors import ConfigError, ExportError, MissingDependencyError
-from nasforge.io import atomic_write, atomic_write_json
+from nasforge.io import atomic_write, atomic_write_json, sha256_file
 
 from ._onnx_io import InputSpec, first_line, load_onnx, single_input_spec
 
@@ -496,14 +495,6 @@ def sidecar_path(engine_path: str | Path) -> Path:
     return engine_path.with_name(engine_path.name + ".json")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _make_logger(trt: Any) -> Any:
     """A ``trt.ILogger`` that sends TensorRT's messages to :mod:`logging` and keeps the errors."""
 
@@ -665,7 +656,7 @@ def build_engine(
         engine_path=engine_path,
         sidecar_path=sidecar_path(engine_path),
         onnx_path=onnx_path,
-        onnx_sha256=_sha256(onnx_path),
+        onnx_sha256=sha256_file(onnx_path),
         tensorrt_version=version_text,
         plan=plan,
         graph=precision,

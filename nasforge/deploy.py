@@ -9,7 +9,6 @@ architecture, input shape, normalisation, nasforge version and the checkpoint's 
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,11 +20,12 @@ import torch
 from nasforge.data import load_data
 from nasforge.errors import ConfigError
 from nasforge.export import export_onnx
+from nasforge.io import sha256_file
 from nasforge.supernets import Architecture, Supernet
 from nasforge.supernets.checkpoint import load_supernet
 from nasforge.supernets.evaluate import calibrated_subnet, resize
 
-__all__ = ["ExportedSubnet", "export_subnet", "read_arch_spec", "resolve_export_source", "sha256_file"]
+__all__ = ["ExportedSubnet", "export_subnet", "read_arch_spec", "resolve_export_source"]
 
 FORMATS = ("onnx", "tensorrt")
 
@@ -49,15 +49,6 @@ class ExportedSubnet:
                 "max_abs_diff": self.max_abs_diff, "parity_inputs": self.parity_inputs,
                 "real_inputs": self.real_inputs, "metadata": dict(self.metadata), "slimmed": self.slimmed,
                 "engine": self.engine}
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_arch_spec(text: str, net: Supernet) -> Architecture:

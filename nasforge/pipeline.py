@@ -7,7 +7,6 @@ overwrite atomically).
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import time
 from collections.abc import Callable, Mapping
@@ -22,7 +21,7 @@ from nasforge.config import RunConfig, load_config, save_config
 from nasforge.data import DataSplits, load_data
 from nasforge.errors import ConfigError
 from nasforge.export import export_onnx, measure_latency
-from nasforge.io import atomic_write_json
+from nasforge.io import atomic_write_json, sha256_file
 from nasforge.nas import SearchResult, TrialRecord, hypervolume_2d, pareto_front, run_search
 from nasforge.progress import ProgressReporter
 from nasforge.report import write_report
@@ -199,20 +198,12 @@ def _pick(front: list[TrialRecord], k: int) -> list[TrialRecord]:
     return [front[i] for i in idx]
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def export_stage(cfg: RunConfig, net: Supernet, data: DataSplits, out: Path, result: SearchResult,
                  reporter: ProgressReporter) -> list[dict[str, Any]]:
     """Export the chosen front subnets to ONNX (parity-checked), measure test accuracy and latency."""
     chosen = _pick(result.front, cfg.export.max_subnets)
     chosen.sort(key=lambda r: net.macs(r.arch))
-    ckpt_hash = _sha256(out / "checkpoints" / "supernet.pt")
+    ckpt_hash = sha256_file(out / "checkpoints" / "supernet.pt")
     rows = []
     with reporter.task("export", total=len(chosen)) as task:
         for k, rec in enumerate(chosen):

@@ -10,10 +10,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from nasforge.deploy import export_subnet, sha256_file
+from nasforge.deploy import export_subnet
 from nasforge.errors import ArchitectureError, ConfigError, ExportError
 from nasforge.export import export_onnx, read_metadata
 from nasforge.export._slim import slim_onnx
+from nasforge.io import sha256_file
 from nasforge.supernets import create_supernet, list_supernets
 from nasforge.supernets.checkpoint import save_checkpoint
 

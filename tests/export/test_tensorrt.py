@@ -22,8 +22,8 @@ import torch
 from onnx import TensorProto, helper
 
 from nasforge.errors import ConfigError, ExportError, MissingDependencyError, NasforgeError
-from nasforge.export import _gpu_profilers, _tensorrt, get_profiler
-from nasforge.export._gpu_profilers import cuda_timed_runs, gpu_fingerprint, gpu_info
+from nasforge.export import _gpu_profilers, _tensorrt, get_profiler, timed_runs
+from nasforge.export._gpu_profilers import gpu_fingerprint, gpu_info
 from nasforge.export._onnx_io import InputSpec
 from nasforge.export._tensorrt import (
     BuildPlan,
@@ -574,7 +574,7 @@ def test_build_engine_failures_are_one_line(monkeypatch, tmp_path: Path, parse_o
 
 
 # -------------------------------------------------------------------------------------------- GPU protocol
-def test_cuda_timed_runs_protocol() -> None:
+def test_self_timed_protocol() -> None:
     calls = 0
     rounds = iter([[1.0, 9.0] * 5, [5.0, 5.1] * 5])  # first round noisy (CV ~0.8), second steady
 
@@ -589,12 +589,12 @@ def test_cuda_timed_runs_protocol() -> None:
             values.extend(next(rounds))
         return values.pop(0) * 1e6
 
-    samples, remeasured = cuda_timed_runs(time_once, runs=10, warmup=3, max_cv=0.1, max_remeasure=2)
+    samples, remeasured = timed_runs(time_once, runs=10, warmup=3, max_cv=0.1, max_remeasure=2, self_timed=True)
     assert calls == 3 + 10 + 10 and remeasured == 1
     assert samples.dtype == np.float64 and samples.size == 10
     assert np.allclose(np.sort(samples), np.sort(np.array([5.0, 5.1] * 5) * 1e6))
 
-    steady, again = cuda_timed_runs(lambda: 2e6, runs=5, warmup=0, max_cv=0.1, max_remeasure=2)
+    steady, again = timed_runs(lambda: 2e6, runs=5, warmup=0, max_cv=0.1, max_remeasure=2, self_timed=True)
     assert again == 0 and np.all(steady == 2e6)
 
 
