@@ -20,6 +20,7 @@ import math
 import random
 import tempfile
 import time
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +74,7 @@ class LatencyTable:
     correction: dict[str, float] = field(default_factory=dict)
     fingerprint: dict[str, Any] = field(default_factory=dict)
     created: str = ""
+    _fits: weakref.WeakSet[Any] = field(default_factory=weakref.WeakSet, repr=False, compare=False)
 
     # -- prediction --------------------------------------------------------------------------------------------
     def segment_sum(self, net: Supernet, arch: Architecture | Mapping[str, Any]) -> tuple[float, int]:
@@ -103,9 +105,14 @@ class LatencyTable:
         return np.array([self.predict(net, a) for a in archs], dtype=np.float64)
 
     def check_fits(self, net: Supernet) -> None:
+        """Raise unless the table was built for ``net``; checked once per supernet object, since predictions are a
+        hot path of searches."""
+        if net in self._fits:
+            return
         if supernet_signature(net) != self.signature:
             raise ConfigError(f"this latency table was built for another supernet ({self.space}, signature "
                               f"{self.signature}); build one for this supernet with `nasforge latency build-table`")
+        self._fits.add(net)
 
     def fit_correction(self, net: Supernet, archs: Sequence[Architecture], measured_ms: Sequence[float]) -> None:
         """Fit ``a, b, c`` of the correction on subnets measured end to end (needs 3 or more)."""

@@ -201,5 +201,5 @@ def export_subnet(
         from nasforge.export._tensorrt import TrtBuildConfig, build_engine
 
         info = build_engine(out, out.with_suffix(".engine"), TrtBuildConfig())
-        exported.engine = info.to_dict() if hasattr(info, "to_dict") else dict(vars(info))
+        exported.engine = info.to_dict()
     return exported
