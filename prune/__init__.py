@@ -1,6 +1,54 @@
-"""Structured pruning (dependency-aware) for nasforge models.
+"""Structured pruning that keeps dependencies consistent, and the graph-metanetwork pruner.
 
-The pruning engine arrives with its own issue; this package exists so the layout and the wheel are stable.
+Every public name of ``nasforge.prune`` is listed here; the implementation lives in private modules.
+
+Pruning: :func:`prune` removes whole channel groups (coupled through residual adds, concat, split, grouped and
+depthwise convs, attention heads) from a copy of a model until a MACs, params or measured-latency target is met,
+ranking groups by a registered criterion (:func:`list_criteria`: ``l1``, ``l2``, ``taylor``, ``bn-scale``,
+``lamp``, ``random``; ``gmn`` adds the graph metanetwork). It is built on Torch-Pruning's dependency graph;
+patterns Torch-Pruning mishandles are found by probing and left alone (or refused). :func:`save_pruned` /
+:func:`load_pruned` store a pruned model as plain data (base model, pruning history, tensors).
+
+Zoo: :func:`create_model` builds reference models (CIFAR ResNet-8..56, a MobileNetV2-style net).
+
+Training helpers: :func:`train_classifier`, :func:`evaluate_accuracy`, :func:`make_loss_fn`.
 """
 
-__all__: list[str] = []
+from __future__ import annotations
+
+from ._api import PruneReport, layer_widths, prune
+from ._criteria import Criterion, get_criterion, list_criteria, register_criterion
+from ._engine import PruneError, find_unsupported, output_layers, replay_history
+from ._finetune import evaluate_accuracy, make_loss_fn, train_classifier
+from ._io import PRUNED_FORMAT, build_base, load_pruned, read_pruned, save_pruned
+from ._target import Target, model_macs, model_params, parse_target
+from ._zoo import create_model, list_models, register_model
+
+__all__ = [
+    "prune",
+    "PruneReport",
+    "PruneError",
+    "layer_widths",
+    "Criterion",
+    "register_criterion",
+    "list_criteria",
+    "get_criterion",
+    "find_unsupported",
+    "output_layers",
+    "replay_history",
+    "Target",
+    "parse_target",
+    "model_macs",
+    "model_params",
+    "save_pruned",
+    "load_pruned",
+    "read_pruned",
+    "build_base",
+    "PRUNED_FORMAT",
+    "create_model",
+    "list_models",
+    "register_model",
+    "train_classifier",
+    "evaluate_accuracy",
+    "make_loss_fn",
+]

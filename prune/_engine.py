@@ -1,0 +1,325 @@
+"""Dependency-aware structured pruning on Torch-Pruning, behind nasforge's own interface.
+
+Torch-Pruning builds the dependency graph (residual adds, concat, split, grouped/depthwise convs, attention) and
+removes coupled channels together. nasforge adds what it lacks: a probe that finds the groups it mishandles (a
+concat into a grouped conv, chunk/split followed by an add, hard-coded split sizes) and leaves them alone or
+refuses them, a search for the pruning ratio that meets a MACs/params/latency target, and replayable history.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from nasforge.errors import ConfigError, NasforgeError
+
+from ._criteria import Criterion
+
+__all__ = ["PruneError", "output_layers", "resolve_ignored", "find_unsupported", "prune_to", "replay_history",
+           "PruneStep"]
+
+History = list[tuple[str, bool, list[int]]]
+_GRID = (0.1, 0.25, 0.4, 0.55, 0.7, 0.85, 0.95)
+_RISKY_OPS = ("CONCAT", "SPLIT", "RESHAPE", "UNBIND", "SLICE", "EXPAND")
+
+
+class PruneError(NasforgeError, RuntimeError):
+    """Pruning cannot be done as asked (an unsupported pattern, an unreachable target, a broken forward)."""
+
+
+def _tp() -> Any:
+    import torch_pruning
+
+    return torch_pruning
+
+
+def _names(model: nn.Module) -> dict[nn.Module, str]:
+    return {m: n for n, m in model.named_modules()}
+
+
+def _forward(model: nn.Module, example: torch.Tensor) -> torch.Tensor:
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(example)
+    finally:
+        model.train(was)
+    if not isinstance(out, torch.Tensor):
+        raise ConfigError(f"the model returns {type(out).__name__}; nasforge prunes models that return one tensor")
+    return out
+
+
+def output_layers(model: nn.Module, example: torch.Tensor) -> list[str]:
+    """Names of the conv/linear layers whose output is the model's output (their out-channels are the logits).
+
+    Falls back to the last conv/linear called when the output passes through other ops first.
+    """
+    produced: dict[int, str] = {}
+    order: list[str] = []
+    names = _names(model)
+
+    def hook(m: nn.Module, inp: Any, out: Any) -> None:
+        if isinstance(out, torch.Tensor):
+            produced[id(out)] = names[m]
+            order.append(names[m])
+
+    kinds = (nn.Conv1d, nn.Conv2d, nn.Linear)
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, kinds)]
+    try:
+        out = _forward(model, example)
+    finally:
+        for h in handles:
+            h.remove()
+    if id(out) in produced:
+        return [produced[id(out)]]
+    return order[-1:]
+
+
+def resolve_ignored(model: nn.Module, patterns: Iterable[str]) -> list[str]:
+    """Module names matching any of the fnmatch ``patterns`` (a pattern that matches nothing is an error)."""
+    names = [n for n, _ in model.named_modules() if n]
+    chosen: list[str] = []
+    for pat in patterns:
+        hits = [n for n in names if fnmatch.fnmatchcase(n, pat)]
+        if not hits:
+            sample = ", ".join(names[:8])
+            raise ConfigError(f"ignore pattern {pat!r} matches no module; module names look like: {sample}, ...")
+        chosen += [h for h in hits if h not in chosen]
+    return chosen
+
+
+def _modules(model: nn.Module, names: Iterable[str]) -> list[nn.Module]:
+    table = dict(model.named_modules())
+    return [table[n] for n in names]
+
+
+def _heads(model: nn.Module) -> dict[nn.Module, int]:
+    return {m: m.num_heads for m in model.modules() if isinstance(m, nn.MultiheadAttention)}
+
+
+def _graph(model: nn.Module, example: torch.Tensor) -> Any:
+    tp = _tp()
+    was = model.training
+    model.eval()
+    try:
+        return tp.DependencyGraph().build_dependency(model, example_inputs=example)
+    finally:
+        model.train(was)
+
+
+def _group_ops(group: Any) -> set[str]:
+    kinds: set[str] = set()
+    for dep, _ in group:
+        for node in (dep.source, dep.target):
+            kinds.add(node.type.name)
+            mod = node.module
+            if isinstance(mod, nn.Conv2d) and 1 < mod.groups < mod.in_channels:
+                kinds.add("GROUPED_CONV")
+            if isinstance(mod, nn.Conv2d) and mod.groups > 1 and node.type.name == "CONV":
+                kinds.add("GROUPED_CONV")
+    return kinds
+
+
+def _mask_group(model: nn.Module, group: Any, names: dict[nn.Module, str], dg: Any) -> bool:
+    """Zero, in ``model`` (a copy with the same module names), every slice ``group`` would remove.
+
+    Returns False when the group touches a layer whose removal is not equivalent to zeroing (e.g. LayerNorm).
+    """
+    table = dict(model.named_modules())
+    with torch.no_grad():
+        for dep, idxs in group:
+            src = dep.target.module
+            if src not in names or not isinstance(src, (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.BatchNorm1d)):
+                if src in names:
+                    return False
+                continue
+            mod, idx = table[names[src]], torch.as_tensor(list(idxs), dtype=torch.long)
+            out = dg.is_out_channel_pruning_fn(dep.handler)
+            depthwise = isinstance(mod, nn.Conv2d) and mod.groups == mod.in_channels and mod.groups > 1
+            if out or isinstance(mod, (nn.BatchNorm2d, nn.BatchNorm1d)) or depthwise:
+                mod.weight[idx] = 0
+                if mod.bias is not None:
+                    mod.bias[idx] = 0
+            elif isinstance(mod, nn.Conv2d) and mod.groups > 1:
+                return False
+            else:
+                mod.weight[:, idx] = 0
+    return True
+
+
+def _probe_group(model: nn.Module, example: torch.Tensor, root: str, out_fn: bool, ref_shape: torch.Size
+                 ) -> str | None:
+    """Remove one channel of the group rooted at ``root`` in a copy; the reason it fails, or None."""
+    pruned = copy.deepcopy(model)
+    try:
+        dg = _graph(pruned, example)
+        names = _names(pruned)
+        layer = dict(pruned.named_modules())[root]
+        fn = dg.get_pruner_of_module(layer).prune_out_channels if out_fn else dg.get_pruner_of_module(
+            layer).prune_in_channels
+        group = dg.get_pruning_group(layer, fn, idxs=[0])
+        masked = copy.deepcopy(model)
+        equivalent = _mask_group(masked, group, names, dg)
+        group.prune()
+        out = _forward(pruned, example)
+    except Exception as exc:  # Torch-Pruning or the model's own forward: any failure means "unsupported"
+        return f"removing a channel breaks it ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})"
+    if out.shape != ref_shape:
+        return f"removing a channel changes the output shape to {tuple(out.shape)}"
+    if equivalent:
+        diff = (out - _forward(masked, example)).abs().max().item()
+        scale = max(1.0, out.abs().max().item())
+        if diff > 1e-4 * scale:
+            return f"the coupled channels are inconsistent (pruned vs zeroed output differ by {diff:.2g})"
+    return None
+
+
+def find_unsupported(model: nn.Module, example: torch.Tensor, ignored: Sequence[str] | None = None,
+                     root_types: tuple[type, ...] = (nn.Conv2d, nn.Conv1d, nn.Linear), *,
+                     probe_all: bool = False) -> dict[str, str]:
+    """Layers whose channel group Torch-Pruning would mishandle, with the reason.
+
+    Only groups that pass through a concat, split/chunk, reshape, slice or a grouped conv are probed (plain
+    chains and residual adds are handled reliably): one channel is removed in a copy, which must still run,
+    keep its output shape, and compute what the original computes with those channels zeroed.
+    ``probe_all`` probes every group (a slower self-check of the dependency handling). ``ignored`` defaults to
+    the output layers.
+    """
+    if ignored is None:
+        ignored = output_layers(model, example)
+    dg = _graph(model, example)
+    names = _names(model)
+    ref = _forward(model, example).shape
+    bad: dict[str, str] = {}
+    for group in dg.get_all_groups(ignored_layers=_modules(model, ignored), root_module_types=root_types):
+        ops = _group_ops(group)
+        if (not probe_all and not ops & {*_RISKY_OPS, "GROUPED_CONV"}) or "MHA" in ops:
+            continue  # attention groups go through Torch-Pruning's head-aware pruning (num_heads), not 1-channel probes
+        root_dep = group[0].dep
+        root = names.get(root_dep.target.module)
+        if root is None:
+            continue
+        reason = _probe_group(model, example, root, dg.is_out_channel_pruning_fn(root_dep.handler), ref)
+        if reason is not None:
+            for dep, _ in group:
+                mod = dep.target.module
+                if isinstance(mod, root_types) and mod in names and dg.is_out_channel_pruning_fn(dep.handler):
+                    bad.setdefault(names[mod], reason)
+            bad.setdefault(root, reason)
+    return bad
+
+
+@dataclass
+class PruneStep:
+    """One pruning step: the global channel ratio found and what it reached."""
+
+    ratio: float
+    goal: float
+    reached: float
+    attempts: int
+    history: History = field(default_factory=list)
+
+
+def _prune_copy(model: nn.Module, example: torch.Tensor, criterion: Criterion, ratio: float,
+                ignored: Sequence[str], global_pruning: bool, loss_fn: Callable[[nn.Module], torch.Tensor] | None,
+                round_to: int | None) -> tuple[nn.Module, History]:
+    tp = _tp()
+    pruned = copy.deepcopy(model)
+    if criterion.needs_grad:
+        if loss_fn is None:
+            raise ConfigError(f"criterion {criterion.name!r} needs gradients: pass loss_fn (the CLI passes --data)")
+        pruned.zero_grad()
+        loss_fn(pruned).backward()
+    pruner = tp.pruner.BasePruner(
+        pruned, example, importance=criterion.make(), pruning_ratio=ratio, global_pruning=global_pruning,
+        ignored_layers=_modules(pruned, ignored), num_heads=_heads(pruned), round_to=round_to,
+        max_pruning_ratio=0.95)
+    was = pruned.training
+    pruned.eval()
+    try:
+        pruner.step()
+    finally:
+        pruned.train(was)
+    pruned.zero_grad(set_to_none=True)
+    return pruned, [(str(n), bool(o), [int(i) for i in idx]) for n, o, idx in pruner.pruning_history()]
+
+
+def prune_to(model: nn.Module, example: torch.Tensor, criterion: Criterion, goal: float,
+             measure: Callable[[nn.Module], float], *, ignored: Sequence[str] = (), global_pruning: bool = True,
+             loss_fn: Callable[[nn.Module], torch.Tensor] | None = None, round_to: int | None = None,
+             tolerance: float = 0.02, refine: int = 8) -> tuple[nn.Module, PruneStep]:
+    """Prune a copy of ``model`` until ``measure(copy) <= goal`` (ideally within ``tolerance`` below it); ``model``
+    itself is not changed.
+
+    The global channel ratio is found by walking up a coarse grid until the goal is met, then bisecting between
+    the last two grid points (``refine`` more tries). The walk makes no monotonicity assumption beyond the
+    bracket, which matters for attention layers whose head-aware pruning jumps.
+
+    Raises:
+        PruneError: the goal is out of reach even at the largest ratio (95% of each group).
+    """
+    base = measure(model)
+    if base <= goal:
+        return copy.deepcopy(model), PruneStep(0.0, goal, base, 0)
+    attempts = 0
+
+    def attempt(ratio: float) -> tuple[nn.Module, History, float]:
+        nonlocal attempts
+        attempts += 1
+        pruned, hist = _prune_copy(model, example, criterion, ratio, ignored, global_pruning, loss_fn, round_to)
+        return pruned, hist, measure(pruned)
+
+    lo, best, best_ratio = 0.0, None, 0.0
+    for ratio in _GRID:
+        result = attempt(ratio)
+        if result[2] <= goal:
+            best, best_ratio = result, ratio
+            break
+        lo = ratio
+    if best is None:
+        raise PruneError(f"the target is out of reach: pruning 95% of every prunable group gives {result[2]:.4g} "
+                         f"> {goal:.4g}; relax the target or prune fewer layers with ignore=")
+    hi = best_ratio
+    for _ in range(refine):
+        if best[2] >= goal * (1 - tolerance):
+            break
+        mid = (lo + hi) / 2
+        result = attempt(mid)
+        if result[2] <= goal:
+            if result[2] > best[2]:
+                best, best_ratio = result, mid
+            hi = mid
+        else:
+            lo = mid
+    pruned, hist, value = best
+    return pruned, PruneStep(best_ratio, goal, value, attempts, hist)
+
+
+def replay_history(model: nn.Module, example: torch.Tensor, history: Sequence[Sequence[Any]]) -> nn.Module:
+    """Apply a recorded pruning history to an unpruned ``model`` in place (structure only) and return it.
+
+    Raises:
+        PruneError: the history names a layer the model lacks or indices out of range.
+    """
+    table = dict(model.named_modules())
+    for entry in history:
+        if len(entry) != 3 or entry[0] not in table:
+            raise PruneError(f"pruning history entry {list(entry)[:2]} names no layer of this model; the file "
+                             "belongs to another model")
+    dg = _graph(model, example)
+    for name, is_out, idxs in history:
+        layer = dict(model.named_modules())[name]
+        pruner = dg.get_pruner_of_module(layer)
+        fn = pruner.prune_out_channels if is_out else pruner.prune_in_channels
+        try:
+            dg.get_pruning_group(layer, fn, idxs=[int(i) for i in idxs]).prune(record_history=False)
+        except (IndexError, RuntimeError) as exc:
+            raise PruneError(f"replaying the pruning history failed at {name!r}: {exc}") from None
+    return model
