@@ -157,8 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
     agent.set_defaults(func=lambda args: _usage(agent))
 
     from nasforge.cli_deploy import add_commands
+    from nasforge.cli_prune import add_commands as add_prune_commands
 
     add_commands(sub, common)
+    add_prune_commands(sub, common)
     return parser
 
 
@@ -397,8 +399,10 @@ def _cmd_agent_token(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``nasforge`` console script; returns the exit code."""
+    from nasforge.cli_prune import rewrite_argv
+
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(rewrite_argv(sys.argv[1:] if argv is None else argv))
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2

@@ -1,0 +1,374 @@
+"""``nasforge prune``: resolve a source model, prune it to a target, finetune, measure, save, export.
+
+Sources: ``zoo:NAME[?key=value&...]`` (a reference definition; ``--weights`` or ``--train-epochs``), a supernet
+checkpoint or run folder (with ``--arch``), a run's ``subnets/K`` folder, or a ``model.pt`` that ``nasforge
+prune`` wrote (pruned further).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from nasforge.data import DataSplits, load_data
+from nasforge.errors import CheckpointError, ConfigError
+from nasforge.io import atomic_write_json, atomic_write_text
+
+__all__ = ["PruneSource", "resolve_prune_source", "PruneJob", "run_prune_job"]
+
+
+@dataclass
+class PruneSource:
+    """A model ready to prune: the module, how to rebuild its unpruned base, history so far, its data."""
+
+    model: nn.Module
+    base: dict[str, Any]
+    history: list[list[Any]]
+    data: DataSplits
+    trained: bool
+    description: str
+
+
+def _parse_zoo(text: str) -> tuple[str, dict[str, Any]]:
+    name, _, query = text[len("zoo:"):].partition("?")
+    kwargs: dict[str, Any] = {}
+    for part in filter(None, query.split("&")):
+        key, sep, value = part.partition("=")
+        if not sep:
+            raise ConfigError(f"zoo option {part!r} in {text!r} must be key=value, e.g. zoo:mobilenetv2?width_mult=0.5")
+        try:
+            kwargs[key] = json.loads(value)
+        except json.JSONDecodeError:
+            kwargs[key] = value
+    return name, kwargs
+
+
+def _load_weights(model: nn.Module, path: str | Path) -> None:
+    from nasforge.prune._io import LOAD_ERRORS
+
+    if not Path(path).is_file():
+        raise CheckpointError(f"--weights {path} does not exist")
+    try:
+        state = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except LOAD_ERRORS as exc:
+        raise CheckpointError(f"--weights {path} is corrupt or not a state dict ({type(exc).__name__})") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise CheckpointError(f"--weights {path} is not a state dict")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise CheckpointError(f"--weights {path} does not fit the model: {str(exc).splitlines()[0][:200]}") from None
+
+
+def _zoo_source(source: str, data_spec: str | None, weights: str | Path | None, seed: int) -> PruneSource:
+    from nasforge.prune import create_model
+
+    if data_spec is None:
+        raise ConfigError(f"{source} needs --data SPEC (the task to measure accuracy and finetune on)")
+    name, kwargs = _parse_zoo(source)
+    data = load_data(data_spec, seed=seed)
+    kwargs = {"num_classes": data.num_classes, "in_channels": data.in_channels, **kwargs}
+    model = create_model(name, **kwargs)
+    if weights is not None:
+        _load_weights(model, weights)
+    return PruneSource(model.eval(), {"kind": "zoo", "name": name, "kwargs": kwargs}, [], data,
+                       weights is not None, f"zoo model {name}")
+
+
+def _subnet_source(source: str, arch: str | None, data_spec: str | None, seed: int) -> PruneSource:
+    from nasforge.deploy import read_arch_spec, resolve_export_source
+    from nasforge.supernets.checkpoint import load_supernet
+    from nasforge.supernets.evaluate import calibrated_subnet
+
+    checkpoint, recorded, size, arch_file = resolve_export_source(source)
+    net, state = load_supernet(checkpoint)
+    text = arch or (str(arch_file) if arch_file is not None else "largest")
+    chosen = read_arch_spec(text, net)
+    spec = data_spec or recorded
+    if spec is None:
+        raise ConfigError(f"{source} records no dataset: pass --data SPEC")
+    data = load_data(spec, image_size=net.resolution(chosen), seed=seed)
+    sub = calibrated_subnet(net, chosen, data.train.x, 2000)
+    base = {"kind": "subnet", "supernet": state["supernet"], "options": state.get("supernet_options", {}),
+            "arch": chosen.to_dict()}
+    return PruneSource(sub, base, [], data, True, f"subnet {chosen.to_json()} of {checkpoint}")
+
+
+def resolve_prune_source(source: str, *, arch: str | None = None, data: str | None = None,
+                         weights: str | Path | None = None, seed: int = 0) -> PruneSource:
+    """Turn a CLI SOURCE into a :class:`PruneSource` (see the module docstring for the accepted forms)."""
+    if source.startswith("zoo:"):
+        return _zoo_source(source, data, weights, seed)
+    if weights is not None:
+        raise ConfigError("--weights goes with a zoo:NAME source")
+    path = Path(source)
+    if path.is_file() and path.suffix == ".pt":
+        from nasforge.prune import load_pruned, read_pruned
+
+        state = read_pruned(path) if _is_pruned(path) else None
+        if state is not None:
+            model, state = load_pruned(path)
+            spec = data or state.get("data_spec")
+            if spec is None:
+                raise ConfigError(f"{source} records no dataset: pass --data SPEC")
+            splits = load_data(spec, image_size=int(state["input_shape"][-1]), seed=seed)
+            return PruneSource(model, dict(state["base"]), list(state["history"]), splits, True,
+                               f"pruned model {path}")
+    if not path.exists():
+        raise ConfigError(f"SOURCE {source!r} is neither zoo:NAME nor an existing checkpoint, run folder or model.pt")
+    return _subnet_source(source, arch, data, seed)
+
+
+def _is_pruned(path: Path) -> bool:
+    from nasforge.prune import read_pruned
+
+    try:
+        read_pruned(path)
+    except CheckpointError:
+        return False
+    return True
+
+
+@dataclass
+class PruneJob:
+    """Settings of one ``nasforge prune`` run (saved as ``prune.json`` next to its outputs)."""
+
+    source: str
+    out: Path
+    target: str = "macs=0.5"
+    criterion: str = "l2"
+    arch: str | None = None
+    data: str | None = None
+    weights: str | None = None
+    train_epochs: int = 0
+    finetune_epochs: int = 5
+    lr: float = 0.01
+    batch_size: int = 64
+    steps: int = 1
+    global_pruning: bool = True
+    round_to: int | None = 4
+    ignore: list[str] = field(default_factory=list)
+    metanet: str | None = None
+    device: str | None = "cpu"
+    export: bool = True
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
+
+
+def _finetuner(job: PruneJob, data: DataSplits, log: Callable[[str], None]) -> Callable[[nn.Module], None] | None:
+    from nasforge.prune import train_classifier
+
+    if job.finetune_epochs <= 0:
+        return None
+
+    def finetune(model: nn.Module) -> None:
+        train_classifier(model, data.train, epochs=job.finetune_epochs, lr=job.lr, batch_size=job.batch_size,
+                         seed=job.seed, on_epoch=lambda e, loss: log(f"  finetune epoch {e + 1}/"
+                                                                     f"{job.finetune_epochs}: loss {loss:.4f}"))
+
+    return finetune
+
+
+def run_prune_job(job: PruneJob, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run ``job``: prune, finetune, evaluate, measure, then write ``model.pt``, ``model.onnx``, ``report.json``,
+    ``report.md`` and ``widths.png`` into ``job.out`` (each atomically). Returns the report as a dict."""
+    from nasforge.prune import evaluate_accuracy, make_loss_fn, prune, train_classifier
+    from nasforge.prune._criteria import get_criterion
+
+    from nasforge.prune import parse_target
+
+    parse_target(job.target)  # fail before any loading or training
+    if job.criterion != "gmn":
+        get_criterion(job.criterion)
+    src = resolve_prune_source(job.source, arch=job.arch, data=job.data, weights=job.weights, seed=job.seed)
+    data = src.data
+    if job.train_epochs > 0:
+        log(f"training {src.description} from its current weights for {job.train_epochs} epoch(s)")
+        train_classifier(src.model, data.train, epochs=job.train_epochs, lr=0.05, batch_size=job.batch_size,
+                         seed=job.seed)
+    elif not src.trained:
+        raise ConfigError(f"{job.source} has no trained weights: pass --weights FILE or --train-epochs N")
+    example = data.val.x[:2]
+    acc: dict[str, float] = {"before": evaluate_accuracy(src.model, data.val)}
+    log(f"{src.description}: validation accuracy {acc['before']:.4f}")
+    needs_grad = job.criterion != "gmn" and get_criterion(job.criterion).needs_grad
+    loss_fn = make_loss_fn(data.train, seed=job.seed) if needs_grad else None
+    pruned_acc: dict[str, float] = {}
+
+    def on_step(k: int, step: Any, model: nn.Module) -> None:
+        pruned_acc.setdefault("pruned", evaluate_accuracy(model, data.val))
+        log(f"step {k}/{job.steps}: channel ratio {step.ratio:.3f}, {step.reached:.4g} <= goal {step.goal:.4g}")
+
+    finetune = _finetuner(job, data, log)
+    model, report = prune(src.model, example, target=job.target, criterion=job.criterion,
+                          global_pruning=job.global_pruning, ignore=job.ignore, steps=job.steps,
+                          finetune=finetune, loss_fn=loss_fn, metanet=job.metanet,
+                          latency=job.device, on_step=on_step, round_to=job.round_to)
+    acc.update(pruned_acc)
+    acc["finetuned" if finetune is not None else "after"] = evaluate_accuracy(model, data.val)
+    acc["test_before"] = evaluate_accuracy(src.model, data.test)
+    acc["test_after"] = evaluate_accuracy(model, data.test)
+    report.accuracy.update(acc)
+    report.history = src.history + report.history
+    return _write_outputs(job, src, model, report, data)
+
+
+def _write_outputs(job: PruneJob, src: PruneSource, model: nn.Module, report: Any, data: DataSplits
+                   ) -> dict[str, Any]:
+    from nasforge.prune import save_pruned
+
+    out = Path(job.out)
+    out.mkdir(parents=True, exist_ok=True)
+    shape = list(data.val.x.shape[1:])
+    save_pruned(out / "model.pt", model, base=src.base, input_shape=shape, history=report.history,
+                extra={"data_spec": data.spec, "report": _plain(report.to_dict())})
+    result = report.to_dict()
+    if job.export:
+        from nasforge.export import export_onnx
+
+        checks = [data.val.x[i : i + 1] for i in range(4)]
+        exported = export_onnx(model, checks[0], out / "model.onnx", check_inputs=checks[1:], metadata={
+            "source": job.source, "pruning_target": job.target, "criterion": job.criterion,
+            "normalization_mean": json.dumps(list(data.mean)), "normalization_std": json.dumps(list(data.std)),
+            "dataset": data.spec})
+        result["onnx"] = {"path": str(exported.path), "max_abs_diff": exported.max_abs_diff}
+    result["job"] = job.to_dict()
+    atomic_write_json(out / "report.json", _plain(result))
+    atomic_write_text(out / "report.md", _markdown(result))
+    _plot_widths(report.widths, out / "widths.png")
+    return result
+
+
+def _plain(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=str))
+
+
+def _markdown(r: dict[str, Any]) -> str:
+    acc = r.get("accuracy", {})
+    lat = ""
+    if r.get("latency_before_ms") is not None:
+        lat = (f"| latency p50 on {r['device']} (ms) | {r['latency_before_ms']:.4g} | {r['latency_after_ms']:.4g} |"
+               f" {r['speedup']:.2f}x faster |\n")
+    ratio = r.get("speedup_per_macs_reduction")
+    lines = [
+        f"# Pruning report: {r['job']['source']}", "",
+        f"target `{r['target']}`, criterion `{r['criterion']}`, {'global' if r['global_pruning'] else 'per-layer'} "
+        f"ranking, {len(r['steps'])} step(s)", "",
+        "| | before | after | change |", "|---|---|---|---|",
+        f"| MACs | {r['macs_before']:,} | {r['macs_after']:,} | {r['macs_reduction']:.2f}x fewer |",
+        f"| params | {r['params_before']:,} | {r['params_after']:,} | "
+        f"{r['params_before'] / max(1, r['params_after']):.2f}x fewer |",
+        *([lat.rstrip("\n")] if lat else []),
+        f"| val accuracy | {acc.get('before', float('nan')):.4f} | "
+        f"{acc.get('finetuned', acc.get('after', float('nan'))):.4f} | pruned, before finetuning: "
+        f"{acc.get('pruned', float('nan')):.4f} |",
+        f"| test accuracy | {acc.get('test_before', float('nan')):.4f} | {acc.get('test_after', float('nan')):.4f} | |",
+        "",
+    ]
+    if ratio is not None:
+        lines.append(f"Measured speed-up / MACs reduction: {ratio:.2f} (1.0 = latency fell as much as MACs).")
+    if r.get("ignored"):
+        lines += ["", "Left alone:"] + [f"- `{k}`: {v}" for k, v in r["ignored"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def _plot_widths(widths: dict[str, list[int]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from nasforge.io import atomic_write
+
+    names = list(widths)
+    fig, ax = plt.subplots(figsize=(max(6, 0.25 * len(names)), 3.5))
+    xs = range(len(names))
+    ax.bar(xs, [widths[n][0] for n in names], color="#c8d3e6", label="before")
+    ax.bar(xs, [widths[n][1] for n in names], color="#2f5d9e", label="after")
+    ax.set_xticks(list(xs), names, rotation=90, fontsize=6)
+    ax.set_ylabel("output channels")
+    ax.legend()
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
+    plt.close(fig)
+
+
+@dataclass
+class MetaTrainJob:
+    """Settings of ``nasforge prune meta-train``."""
+
+    model: str
+    data: str
+    out: Path
+    networks: int = 4
+    train_epochs: int = 10
+    meta_steps: int = 200
+    target: str = "macs=0.5"
+    workdir: Path | None = None
+    seed: int = 0
+    lr: float = 0.05
+    batch_size: int = 64
+
+
+def trained_family(model: str, data: DataSplits, count: int, epochs: int, workdir: Path, seed: int,
+                   lr: float = 0.05, batch_size: int = 64, log: Callable[[str], None] = print) -> list[nn.Module]:
+    """``count`` independently initialised zoo models ``model`` trained on ``data``, cached as state dicts in
+    ``workdir`` (a rerun or a resumed job reuses the finished ones)."""
+    from nasforge.io import atomic_torch_save
+    from nasforge.prune import create_model, evaluate_accuracy, train_classifier
+
+    name, kwargs = _parse_zoo("zoo:" + model)
+    kwargs = {"num_classes": data.num_classes, "in_channels": data.in_channels, **kwargs}
+    workdir.mkdir(parents=True, exist_ok=True)
+    nets = []
+    for i in range(count):
+        torch.manual_seed(seed * 1000 + i)
+        net = create_model(name, **kwargs)
+        path = workdir / f"{name}-{data.name}-seed{seed}-{i}-e{epochs}.pt"
+        if path.is_file():
+            _load_weights(net, path)
+        else:
+            train_classifier(net, data.train, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed * 1000 + i)
+            atomic_torch_save(path, net.state_dict())
+            log(f"trained network {i + 1}/{count}: validation accuracy {evaluate_accuracy(net, data.val):.4f}")
+        nets.append(net.eval())
+    return nets
+
+
+def run_meta_train_job(job: MetaTrainJob, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train the family, meta-train the metanetwork, choose its checkpoint on the validation network, save it."""
+    from nasforge.prune import parse_target
+    from nasforge.prune._gmn import MetaTrainConfig, meta_train, save_metanet
+
+    parse_target(job.target)
+    if job.networks < 1 or job.meta_steps < 1:
+        raise ConfigError("--networks and --meta-steps must be >= 1")
+    out = Path(job.out)
+    data = load_data(job.data, seed=job.seed)
+    workdir = job.workdir or out.parent / f"{out.stem}-networks"
+    nets = trained_family(job.model, data, job.networks + 1, job.train_epochs, workdir, job.seed, job.lr,
+                          job.batch_size, log)
+    cfg = MetaTrainConfig(steps=job.meta_steps, target=job.target, seed=job.seed)
+
+    def on_step(step: int, rec: dict[str, float]) -> None:
+        if "val_acc" in rec or step % 20 == 0:
+            extra = f", validation accuracy after pruning {rec['val_acc']:.4f}" if "val_acc" in rec else ""
+            log(f"meta step {step}/{job.meta_steps}: task loss {rec['task_loss']:.4f}, sparsity "
+                f"{rec['sparsity']:.4f}{extra}")
+
+    result = meta_train(nets[:-1], nets[-1], data.train, data.val, cfg, on_step=on_step)
+    summary = {"family": job.model, "data": data.spec, "target": job.target, "best_step": result.best_step,
+               "best_val_acc": result.best_val_acc, "baseline_val_acc": result.baseline_val_acc,
+               "history": result.history}
+    save_metanet(out, result.metanet, **summary)
+    return summary
