@@ -182,10 +182,8 @@ def _finetuner(job: PruneJob, data: DataSplits, log: Callable[[str], None]) -> C
 def run_prune_job(job: PruneJob, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run ``job``: prune, finetune, evaluate, measure, then write ``model.pt``, ``model.onnx``, ``report.json``,
     ``report.md`` and ``widths.png`` into ``job.out`` (each atomically). Returns the report as a dict."""
-    from nasforge.prune import evaluate_accuracy, make_loss_fn, prune, train_classifier
+    from nasforge.prune import evaluate_accuracy, make_loss_fn, parse_target, prune, train_classifier
     from nasforge.prune._criteria import get_criterion
-
-    from nasforge.prune import parse_target
 
     parse_target(job.target)  # fail before any loading or training
     if job.criterion != "gmn":

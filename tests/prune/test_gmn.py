@@ -10,7 +10,14 @@ import torch
 from nasforge.data import load_data
 from nasforge.errors import CheckpointError, ConfigError
 from nasforge.prune import create_model, prune, train_classifier
-from nasforge.prune._gmn import GroupSparsity, MetaTrainConfig, apply_metanet, load_metanet, meta_train, save_metanet
+from nasforge.prune._gmn import (
+    GroupSparsity,
+    MetaTrainConfig,
+    apply_metanet,
+    load_metanet,
+    meta_train,
+    save_metanet,
+)
 from nasforge.prune._graph import graph_to_params, network_to_graph
 
 
