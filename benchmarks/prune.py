@@ -66,7 +66,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3, help="test networks pruned both ways")
     ap.add_argument("--factors", default="2,3,5", help="MACs reduction factors")
     ap.add_argument("--train-epochs", type=int, default=10)
-    ap.add_argument("--meta-steps", type=int, default=120)
+    ap.add_argument("--meta-steps", type=int, default=160)
+    ap.add_argument("--sparsity", type=float, default=2.0, help="weight of the group-sparsity meta-loss")
+    ap.add_argument("--meta-lr", type=float, default=2e-3)
     ap.add_argument("--finetune-epochs", type=int, default=3)
     ap.add_argument("--round-to", type=int, default=4,
                     help="keep channel counts multiples of this (ORT CPU kernels slow down on odd counts)")
@@ -87,8 +89,10 @@ def main() -> None:
     train_nets, val_net, test_nets = nets[: args.networks], nets[args.networks], nets[args.networks + 1 :]
     base_acc = [evaluate_accuracy(n, data.test) for n in test_nets]
     print(f"trained {count} networks; test accuracy of the test networks {base_acc} ({time.time() - t0:.0f} s)")
-    cfg = MetaTrainConfig(steps=args.meta_steps, validate_every=max(2, args.meta_steps // 6),
+    cfg = MetaTrainConfig(steps=args.meta_steps, validate_every=max(2, args.meta_steps // 8), sparsity=args.sparsity,
+                          lr=args.meta_lr,
                           target=f"macs={factors[len(factors) // 2]:g}x")
+    print(f"meta-training {args.meta_steps} steps ...", flush=True)
     meta = meta_train(train_nets, val_net, data.train, data.val, cfg,
                       on_step=lambda s, r: print(f"  meta {s}: {r}") if "val_acc" in r else None)
     save_metanet(args.out.with_suffix(".metanet.pt"), meta.metanet, family=args.model, data=data.spec,
@@ -112,7 +116,8 @@ def main() -> None:
                 pruned, rep = prune(work, example, target=target, criterion="l2", round_to=args.round_to)
                 train_classifier(pruned, data.train, epochs=budget, lr=0.01, seed=200 + i)
                 row = {"network": i, "factor": f, "method": method, "test_acc": evaluate_accuracy(pruned, data.test),
-                       "base_test_acc": base_acc[i], "macs_reduction": rep.macs_before / rep.macs_after}
+                       "base_test_acc": base_acc[i], "macs_reduction": rep.macs_before / rep.macs_after,
+                       "aligned": not rep.steps[-1]["round_to_dropped"]}
                 for b in (1, 32):
                     speed = base_lat[(i, b)] / _latency(pruned, shape, b, args.runs)
                     row[f"speedup_b{b}"] = speed

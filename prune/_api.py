@@ -213,7 +213,7 @@ def prune(
                               tolerance=tolerance)
         history += [list(h) for h in step.history]
         records.append({"step": k, "ratio": step.ratio, "goal": step.goal, "reached": step.reached,
-                        "attempts": step.attempts})
+                        "attempts": step.attempts, "round_to_dropped": step.round_to_dropped})
         if on_step is not None:
             on_step(k, step, work)
         if finetune is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +26,7 @@ __all__ = ["PruneError", "output_layers", "resolve_ignored", "find_unsupported",
            "PruneStep"]
 
 History = list[tuple[str, bool, list[int]]]
-_GRID = (0.1, 0.25, 0.4, 0.55, 0.7, 0.85, 0.95)
+_GRID = (0.1, 0.25, 0.4, 0.5, 0.6, 0.7, 0.78, 0.85, 0.9, 0.95)
 _RISKY_OPS = ("CONCAT", "SPLIT", "RESHAPE", "UNBIND", "SLICE", "EXPAND")
 
 
@@ -225,6 +226,7 @@ class PruneStep:
     reached: float
     attempts: int
     history: History = field(default_factory=list)
+    round_to_dropped: bool = False
 
 
 def _prune_copy(model: nn.Module, example: torch.Tensor, criterion: Criterion, ratio: float,
@@ -276,16 +278,26 @@ def prune_to(model: nn.Module, example: torch.Tensor, criterion: Criterion, goal
         pruned, hist = _prune_copy(model, example, criterion, ratio, ignored, global_pruning, loss_fn, round_to)
         return pruned, hist, measure(pruned)
 
-    lo, best, best_ratio = 0.0, None, 0.0
+    lo, best, best_ratio, smallest = 0.0, None, 0.0, math.inf
     for ratio in _GRID:
         result = attempt(ratio)
+        smallest = min(smallest, result[2])
         if result[2] <= goal:
             best, best_ratio = result, ratio
             break
         lo = ratio
+    if best is None and round_to:
+        # channel alignment can make the smallest reachable model too big; try again without it (reported)
+        pruned, step = prune_to(model, example, criterion, goal, measure, ignored=ignored,
+                                global_pruning=global_pruning, loss_fn=loss_fn, round_to=None,
+                                tolerance=tolerance, refine=refine)
+        step.attempts += attempts
+        step.round_to_dropped = True
+        return pruned, step
     if best is None:
-        raise PruneError(f"the target is out of reach: pruning 95% of every prunable group gives {result[2]:.4g} "
-                         f"> {goal:.4g}; relax the target or prune fewer layers with ignore=")
+        raise PruneError(f"the target is out of reach: the smallest model pruning can reach here measures "
+                         f"{smallest:.4g} > {goal:.4g}; relax the target, lower round_to, or prune fewer layers "
+                         "with ignore=")
     hi = best_ratio
     for _ in range(refine):
         if best[2] >= goal * (1 - tolerance):
