@@ -76,10 +76,9 @@ def test_prune_a_supernet_subnet(tmp_path: Path) -> None:
     (run / "train.json").write_text(json.dumps({"data": "digits", "image_size": 16}))
     out = tmp_path / "out"
     assert main(["prune", str(run), "--arch", "largest", "--target", "macs=0.7", "--finetune-epochs", "0",
-                 "--device", "none", "--out", str(out)]) == 0
+                 "--device", "none", "--no-export", "--out", str(out)]) == 0  # ONNX parity: test_prune_command_outputs
     report = json.loads((out / "report.json").read_text())
     assert report["macs_after"] <= 0.7 * report["macs_before"]
-    assert report["onnx"]["max_abs_diff"] < 1e-4
     model, state = load_pruned(out / "model.pt")
     assert state["base"]["kind"] == "subnet" and model(torch.randn(2, 1, 16, 16)).shape == (2, 10)
 
