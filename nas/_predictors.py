@@ -19,10 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
-import pickle
 import random
-import struct
-import zipfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -33,7 +30,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from nasforge.errors import ArchitectureError, ConfigError
-from nasforge.io import atomic_torch_save
+from nasforge.io import TORCH_LOAD_ERRORS, atomic_torch_save
 from nasforge.registry import Registry
 from nasforge.supernets.arch import Architecture, SearchSpace
 
@@ -398,8 +395,7 @@ class AccuracyPredictor:
             raise ConfigError(f"predictor file {path} does not exist")
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError, OSError,
-                LookupError, AssertionError, TypeError, struct.error) as exc:
+        except TORCH_LOAD_ERRORS as exc:
             raise ConfigError(f"predictor file {path} is corrupt or not a predictor ({type(exc).__name__})") from None
         if not isinstance(state, dict) or not isinstance(state.get("config"), dict):
             raise ConfigError(f"{path} is not a nasforge accuracy predictor")

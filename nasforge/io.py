@@ -5,13 +5,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
+import struct
 import tempfile
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write", "atomic_write_text", "atomic_write_bytes", "atomic_write_json", "atomic_torch_save", "sha256_file"]
+__all__ = ["TORCH_LOAD_ERRORS", "atomic_write", "atomic_write_text", "atomic_write_bytes", "atomic_write_json", "atomic_torch_save", "sha256_file"]
 
+
+# What torch.load(weights_only=True) raises on a damaged or foreign file: its unpickler fails with whatever error
+# the first bad opcode or zip record hits. Catch this tuple to turn any of them into a one-line error.
+TORCH_LOAD_ERRORS = (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError, OSError,
+                     LookupError, AssertionError, TypeError, struct.error)
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> Path:
     """Call ``write(fh)`` on a temporary file next to ``path``, fsync it, then rename it over ``path``."""

@@ -50,13 +50,13 @@ def _parse_zoo(text: str) -> tuple[str, dict[str, Any]]:
 
 
 def _load_weights(model: nn.Module, path: str | Path) -> None:
-    from nasforge.prune._io import LOAD_ERRORS
+    from nasforge.io import TORCH_LOAD_ERRORS
 
     if not Path(path).is_file():
         raise CheckpointError(f"--weights {path} does not exist")
     try:
         state = torch.load(Path(path), map_location="cpu", weights_only=True)
-    except LOAD_ERRORS as exc:
+    except TORCH_LOAD_ERRORS as exc:
         raise CheckpointError(f"--weights {path} is corrupt or not a state dict ({type(exc).__name__})") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
@@ -113,9 +113,12 @@ def resolve_prune_source(source: str, *, arch: str | None = None, data: str | No
     if path.is_file() and path.suffix == ".pt":
         from nasforge.prune import load_pruned, read_pruned
 
-        state = read_pruned(path) if _is_pruned(path) else None
+        try:
+            state = read_pruned(path)
+        except CheckpointError:
+            state = None  # not a pruned model: a supernet checkpoint, handled below
         if state is not None:
-            model, state = load_pruned(path)
+            model, state = load_pruned(path, state=state)
             spec = data or state.get("data_spec")
             if spec is None:
                 raise ConfigError(f"{source} records no dataset: pass --data SPEC")
@@ -125,16 +128,6 @@ def resolve_prune_source(source: str, *, arch: str | None = None, data: str | No
     if not path.exists():
         raise ConfigError(f"SOURCE {source!r} is neither zoo:NAME nor an existing checkpoint, run folder or model.pt")
     return _subnet_source(source, arch, data, seed)
-
-
-def _is_pruned(path: Path) -> bool:
-    from nasforge.prune import read_pruned
-
-    try:
-        read_pruned(path)
-    except CheckpointError:
-        return False
-    return True
 
 
 @dataclass

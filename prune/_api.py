@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -195,7 +195,8 @@ def prune(
     macs0, params0 = model_macs(work, example), model_params(work)
     lat0 = latency_fn(work) if latency_fn is not None else None
     reasons = _ignored(work, example, ignore, unsupported)
-    base = measure(work) if tgt.kind == "latency_ms" else float(macs0 if tgt.kind == "macs" else params0)
+    base = {"macs": float(macs0), "params": float(params0)}.get(tgt.kind, lat0)
+    assert base is not None  # _measure_fn refused a latency target without a latency measure
     goal = tgt.goal(base)
     extra: dict[str, Any] = {}
     if use_gmn:
@@ -206,11 +207,13 @@ def prune(
             finetune(work)
     history: list[list[Any]] = []
     records: list[dict[str, Any]] = []
+    current = base  # pruning changes the measure; the metanetwork and finetuning do not (same structure)
     for k in range(1, steps + 1):
         step_goal = base * (goal / base) ** (k / steps)
         work, step = prune_to(work, example, crit, step_goal, measure, ignored=list(reasons),
                               global_pruning=global_pruning, loss_fn=loss_fn, round_to=round_to,
-                              tolerance=tolerance)
+                              tolerance=tolerance, base=current)
+        current = step.reached
         history += [list(h) for h in step.history]
         records.append({"step": k, "ratio": step.ratio, "goal": step.goal, "reached": step.reached,
                         "attempts": step.attempts, "round_to_dropped": step.round_to_dropped})
@@ -219,18 +222,12 @@ def prune(
         if finetune is not None:
             finetune(work)
     after = layer_widths(work)
+    lat1 = latency_fn(work) if latency_fn is not None else None
     report = PruneReport(
         target=str(tgt), criterion=criterion, global_pruning=global_pruning, goal=goal,
-        reached=measure(work) if tgt.kind == "latency_ms" else records[-1]["reached"],
+        reached=lat1 if tgt.kind == "latency_ms" else records[-1]["reached"],
         macs_before=macs0, macs_after=model_macs(work, example), params_before=params0,
-        params_after=model_params(work), latency_before_ms=lat0,
-        latency_after_ms=latency_fn(work) if latency_fn is not None else None, device=device, ignored=reasons,
-        widths={n: [widths_before[n], after.get(n, 0)] for n in widths_before}, steps=records, history=history,
-        extra=extra)
+        params_after=model_params(work), latency_before_ms=lat0, latency_after_ms=lat1, device=device,
+        ignored=reasons, widths={n: [widths_before[n], after.get(n, 0)] for n in widths_before}, steps=records,
+        history=history, extra=extra)
     return work, report
-
-
-def merge_accuracy(report: PruneReport, values: Mapping[str, float]) -> PruneReport:
-    """Add accuracy figures to ``report`` (returns it)."""
-    report.accuracy.update({k: float(v) for k, v in values.items()})
-    return report

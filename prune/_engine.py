@@ -121,9 +121,7 @@ def _group_ops(group: Any) -> set[str]:
         for node in (dep.source, dep.target):
             kinds.add(node.type.name)
             mod = node.module
-            if isinstance(mod, nn.Conv2d) and 1 < mod.groups < mod.in_channels:
-                kinds.add("GROUPED_CONV")
-            if isinstance(mod, nn.Conv2d) and mod.groups > 1 and node.type.name == "CONV":
+            if isinstance(mod, nn.Conv2d) and 1 < mod.groups < mod.in_channels:  # grouped, not depthwise
                 kinds.add("GROUPED_CONV")
     return kinds
 
@@ -256,7 +254,7 @@ def _prune_copy(model: nn.Module, example: torch.Tensor, criterion: Criterion, r
 def prune_to(model: nn.Module, example: torch.Tensor, criterion: Criterion, goal: float,
              measure: Callable[[nn.Module], float], *, ignored: Sequence[str] = (), global_pruning: bool = True,
              loss_fn: Callable[[nn.Module], torch.Tensor] | None = None, round_to: int | None = None,
-             tolerance: float = 0.02, refine: int = 8) -> tuple[nn.Module, PruneStep]:
+             tolerance: float = 0.02, refine: int = 8, base: float | None = None) -> tuple[nn.Module, PruneStep]:
     """Prune a copy of ``model`` until ``measure(copy) <= goal`` (ideally within ``tolerance`` below it); ``model``
     itself is not changed.
 
@@ -264,10 +262,12 @@ def prune_to(model: nn.Module, example: torch.Tensor, criterion: Criterion, goal
     the last two grid points (``refine`` more tries). The walk makes no monotonicity assumption beyond the
     bracket, which matters for attention layers whose head-aware pruning jumps.
 
+    ``base`` is ``measure(model)`` when the caller already has it (a latency measurement is not cheap).
+
     Raises:
         PruneError: the goal is out of reach even at the largest ratio (95% of each group).
     """
-    base = measure(model)
+    base = measure(model) if base is None else base
     if base <= goal:
         return copy.deepcopy(model), PruneStep(0.0, goal, base, 0)
     attempts = 0
@@ -290,7 +290,7 @@ def prune_to(model: nn.Module, example: torch.Tensor, criterion: Criterion, goal
         # channel alignment can make the smallest reachable model too big; try again without it (reported)
         pruned, step = prune_to(model, example, criterion, goal, measure, ignored=ignored,
                                 global_pruning=global_pruning, loss_fn=loss_fn, round_to=None,
-                                tolerance=tolerance, refine=refine)
+                                tolerance=tolerance, refine=refine, base=base)
         step.attempts += attempts
         step.round_to_dropped = True
         return pruned, step

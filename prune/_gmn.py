@@ -21,12 +21,13 @@ from torch import nn
 from nasforge.data import Split
 from nasforge.errors import CheckpointError, ConfigError
 from nasforge.io import atomic_torch_save
+from nasforge.supernets.bn_calib import recalibrate_bn
 
 from ._graph import graph_to_params, load_graph_, network_to_graph
 from ._metanet import GraphMetanetwork
 
 __all__ = ["METANET_FORMAT", "save_metanet", "load_metanet", "apply_metanet", "GroupSparsity", "MetaTrainConfig",
-           "meta_train", "recalibrate_bn"]
+           "meta_train"]
 
 METANET_FORMAT = "nasforge-graph-metanetwork/1"
 
@@ -39,14 +40,14 @@ def save_metanet(path: str | Path, metanet: GraphMetanetwork, **info: Any) -> Pa
 
 def load_metanet(path: str | Path) -> tuple[GraphMetanetwork, dict[str, Any]]:
     """Rebuild a metanetwork saved by :func:`save_metanet`; returns ``(metanet in eval mode, info)``."""
-    from ._io import LOAD_ERRORS
+    from nasforge.io import TORCH_LOAD_ERRORS
 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"metanetwork {path} does not exist; `nasforge prune meta-train` writes one")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except LOAD_ERRORS as exc:
+    except TORCH_LOAD_ERRORS as exc:
         raise CheckpointError(f"{path} is corrupt or not a metanetwork ({type(exc).__name__})") from None
     if not isinstance(state, dict) or state.get("format") != METANET_FORMAT:
         raise CheckpointError(f"{path} is not a nasforge graph metanetwork (expected format {METANET_FORMAT})")
@@ -75,22 +76,6 @@ def apply_metanet(model: nn.Module, metanet: GraphMetanetwork | str | Path, exam
     change = (out.edge_feats - graph.edge_feats).norm() / graph.edge_feats.norm().clamp_min(1e-12)
     return {"relative_weight_change": float(change), "nodes": graph.num_nodes, "edges": graph.num_edges,
             **{k: v for k, v in info.items() if k in ("family", "data", "best_step")}}
-
-
-@torch.no_grad()
-def recalibrate_bn(model: nn.Module, x: torch.Tensor, batch_size: int = 128) -> nn.Module:
-    """Recompute BatchNorm running statistics on ``x`` (cumulative average), then switch to eval mode."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [m.momentum for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
-    model.train()
-    for i in range(0, len(x), batch_size):
-        model(x[i : i + batch_size])
-    for m, mom in zip(bns, saved, strict=True):
-        m.momentum = mom
-    return model.eval()
 
 
 class GroupSparsity:
@@ -193,7 +178,8 @@ def _pruned_val_acc(net: nn.Module, metanet: GraphMetanetwork | None, example: t
     if metanet is not None:
         apply_metanet(work, metanet, example)
     pruned, _ = prune(work, example, target=target, criterion="l2")
-    recalibrate_bn(pruned, train.x[:512])
+    with torch.no_grad():
+        recalibrate_bn(pruned, (x for x, _ in train.batches(128)), max_images=512)
     return evaluate_accuracy(pruned, val)
 
 

@@ -6,9 +6,6 @@ supernet + architecture, the recorded history re-applies the structural pruning,
 
 from __future__ import annotations
 
-import pickle
-import struct
-import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,16 +14,13 @@ import torch
 from torch import nn
 
 from nasforge.errors import CheckpointError, ConfigError
-from nasforge.io import atomic_torch_save
+from nasforge.io import TORCH_LOAD_ERRORS, atomic_torch_save
 
 from ._engine import PruneError, replay_history
 
 __all__ = ["PRUNED_FORMAT", "save_pruned", "load_pruned", "build_base", "read_pruned"]
 
 PRUNED_FORMAT = "nasforge-pruned-model/1"
-# what torch's weights-only unpickler raises on a damaged or foreign file
-LOAD_ERRORS = (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError, OSError, LookupError,
-               AssertionError, TypeError, struct.error)
 
 
 def build_base(base: Mapping[str, Any]) -> nn.Module:
@@ -72,7 +66,7 @@ def read_pruned(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"pruned model {path} does not exist")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except LOAD_ERRORS as exc:
+    except TORCH_LOAD_ERRORS as exc:
         raise CheckpointError(f"{path} is corrupt or not a nasforge pruned model ({type(exc).__name__}); point at "
                               "the model.pt that `nasforge prune` wrote") from None
     if not isinstance(state, dict) or state.get("format") != PRUNED_FORMAT:
@@ -82,16 +76,18 @@ def read_pruned(path: str | Path) -> dict[str, Any]:
     return state
 
 
-def load_pruned(path: str | Path, model: nn.Module | None = None) -> tuple[nn.Module, dict[str, Any]]:
+def load_pruned(path: str | Path, model: nn.Module | None = None, *, state: dict[str, Any] | None = None
+                ) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a pruned model saved by :func:`save_pruned`; returns ``(model in eval mode, file contents)``.
 
     Args:
         model: a fresh unpruned instance of the base model, needed only for models of the user's own class.
+        state: the file's contents when the caller already read them with :func:`read_pruned`.
 
     Raises:
         CheckpointError: the file is missing, corrupt, or does not fit the base model.
     """
-    state = read_pruned(path)
+    state = read_pruned(path) if state is None else state
     if model is None:
         if state["base"].get("kind") == "user":
             raise ConfigError(f"{path} holds a pruned model of your own class: pass model=YourModel() (unpruned)")

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from nasforge.errors import ConfigError
+from nasforge.supernets.profile import count_macs, count_params
 
 __all__ = ["Target", "parse_target", "model_macs", "model_params"]
 
@@ -74,49 +74,9 @@ def parse_target(spec: str | Target) -> Target:
 
 def model_params(model: nn.Module) -> int:
     """Number of parameters (buffers excluded)."""
-    return sum(p.numel() for p in model.parameters())
+    return count_params(model)
 
 
 def model_macs(model: nn.Module, example: torch.Tensor) -> int:
-    """Multiply-accumulates of one sample (``example[:1]``): convs, linears and multi-head attention.
-
-    Counted from real output shapes with forward hooks (convs count ``in/groups * kh * kw`` per output element).
-    """
-    total = 0
-
-    def add(n: int) -> None:
-        nonlocal total
-        total += int(n)
-
-    hooks: dict[type, Callable[..., None]] = {
-        nn.Conv2d: lambda m, i, o: add(o[0].numel() * (m.in_channels // m.groups) * m.kernel_size[0]
-                                      * m.kernel_size[1]),
-        nn.Conv1d: lambda m, i, o: add(o[0].numel() * (m.in_channels // m.groups) * m.kernel_size[0]),
-        nn.Linear: lambda m, i, o: add(o[0].numel() * m.in_features),
-        nn.MultiheadAttention: _mha_hook(add),
-    }
-    handles = [mod.register_forward_hook(hooks[type(mod)]) for mod in model.modules() if type(mod) in hooks]
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(example[:1])
-    finally:
-        model.train(was_training)
-        for h in handles:
-            h.remove()
-    return total
-
-
-def _mha_hook(add: Callable[[int], None]) -> Callable[..., None]:
-    def hook(m: nn.MultiheadAttention, inp: tuple[torch.Tensor, ...], out: tuple[torch.Tensor, ...]) -> None:
-        q, k = inp[0], inp[1]
-        seq_dim = 1 if m.batch_first else 0
-        lq, lk = q.shape[seq_dim], k.shape[seq_dim]
-        e = m.embed_dim
-        # q/k/v projections, the two attention matmuls, the output projection (one sample)
-        add(lq * e * e + lk * e * (m.kdim + m.vdim))
-        add(2 * lq * lk * e)
-        add(lq * e * e)
-
-    return hook
+    """Multiply-accumulates of one sample of ``example``'s shape (convs, linears, multi-head attention)."""
+    return count_macs(model, tuple(example.shape[1:]))

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import pickle
-import struct
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from nasforge.errors import CheckpointError
-from nasforge.io import atomic_torch_save
+from nasforge.io import TORCH_LOAD_ERRORS, atomic_torch_save
 from nasforge.supernets.base import Supernet, create_supernet
 
 __all__ = ["CHECKPOINT_FORMAT", "save_checkpoint", "load_checkpoint", "load_supernet"]
@@ -40,8 +37,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     # a damaged pickle stream fails in torch's unpickler with whatever error its opcodes hit first
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError, OSError, LookupError,
-            AssertionError, TypeError, struct.error) as exc:
+    except TORCH_LOAD_ERRORS as exc:
         raise CheckpointError(f"checkpoint {path} is corrupt or not a nasforge checkpoint ({type(exc).__name__} "
                               "while reading it); point at another file or re-create it") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:

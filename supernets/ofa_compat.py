@@ -15,10 +15,7 @@ Typical use::
 
 from __future__ import annotations
 
-import pickle
 import re
-import struct
-import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -26,6 +23,7 @@ from typing import Any
 import torch
 
 from nasforge.errors import CheckpointError
+from nasforge.io import TORCH_LOAD_ERRORS
 from nasforge.supernets.mbv3 import ElasticMobileNetV3, ofa_widths
 
 __all__ = ["ofa_key_map", "ofa_to_nasforge_state_dict", "nasforge_to_ofa_state_dict", "load_ofa_checkpoint"]
@@ -254,8 +252,7 @@ def _read(path: Path) -> Any:
     # a damaged pickle stream fails in torch's unpickler with whatever error its opcodes hit first
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError, OSError, LookupError,
-            AssertionError, TypeError, struct.error) as exc:
+    except TORCH_LOAD_ERRORS as exc:
         raise CheckpointError(f"OFA checkpoint {path} is corrupt or not a torch checkpoint ({type(exc).__name__} "
                               "while reading it); download it again or point at another file") from None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -11,17 +12,24 @@ __all__ = ["count_macs", "count_params"]
 
 
 def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
-    """Multiply-accumulates of every ``nn.Conv2d`` and ``nn.Linear`` for ONE input of ``input_shape`` (C, H, W).
+    """Multiply-accumulates of every convolution, ``nn.Linear`` and ``nn.MultiheadAttention`` (projections and
+    both attention matmuls) for ONE input of ``input_shape`` (e.g. C, H, W).
 
     Measured from the real output shapes of a forward pass, so it checks the analytic formulas independently.
     A module that defines ``extra_macs(inputs, output) -> int`` (e.g. attention's matmuls) adds that count too.
     """
     total = 0
 
-    def conv_hook(m: nn.Conv2d, inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+    def conv_hook(m: nn.modules.conv._ConvNd, inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
         nonlocal total
-        kh, kw = m.kernel_size
-        total += out[0].numel() * (m.in_channels // m.groups) * kh * kw
+        total += out[0].numel() * (m.in_channels // m.groups) * math.prod(m.kernel_size)
+
+    def attention_hook(m: nn.MultiheadAttention, inp: tuple[torch.Tensor, ...], out: object) -> None:
+        nonlocal total
+        seq = 1 if m.batch_first else 0
+        lq, lk, e = inp[0].shape[seq], inp[1].shape[seq], m.embed_dim
+        # q projection + k/v projections, q @ k^T and attn @ v, output projection
+        total += lq * e * e + lk * e * (m.kdim + m.vdim) + 2 * lq * lk * e + lq * e * e
 
     def linear_hook(m: nn.Linear, inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
         nonlocal total
@@ -33,8 +41,10 @@ def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
 
     handles = []
     for mod in model.modules():
-        if isinstance(mod, nn.Conv2d):
+        if isinstance(mod, nn.modules.conv._ConvNd):
             handles.append(mod.register_forward_hook(conv_hook))
+        elif isinstance(mod, nn.MultiheadAttention):
+            handles.append(mod.register_forward_hook(attention_hook))
         elif isinstance(mod, nn.Linear):
             handles.append(mod.register_forward_hook(linear_hook))
         if callable(getattr(mod, "extra_macs", None)):
