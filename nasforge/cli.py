@@ -158,9 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from nasforge.cli_deploy import add_commands
     from nasforge.cli_prune import add_commands as add_prune_commands
+    from nasforge.cli_quantize import add_commands as add_quantize_commands
 
     add_commands(sub, common)
     add_prune_commands(sub, common)
+    add_quantize_commands(sub, common)
     return parser
 
 

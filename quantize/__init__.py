@@ -1,6 +1,69 @@
-"""INT8 quantization for exported nasforge models.
+"""INT8 quantization that knows its target.
 
-The quantization flow arrives with its own issue; this package exists so the layout and the wheel are stable.
+One verb, :func:`quantize`, turns an FP32 ONNX file (an exported subnet or a pruned model) into an INT8 ONNX file
+and checks it: FP32 vs INT8 accuracy on the validation split, relative L2 output error against FP32 and
+against a simulated-quantization reference (a saturation flag when the INT8 kernels are far worse), and latency
+before and after on the chosen device. Settings are a :class:`QuantConfig`:
+
+- ``static``: onnxruntime post-training quantization in QDQ format, activations calibrated on the task's
+  training samples (MinMax, Entropy or Percentile), per-channel weights;
+- ``dynamic``: weights only, for Linear/MatMul-heavy models (``auto`` picks it for them);
+- ``qat``: fake-quant finetuning in PyTorch (:func:`qat_finetune`), then static;
+- ``target="tensorrt"``: the symmetric int8 Q/DQ graph TensorRT's explicit quantization wants (TensorRT 11 reads
+  the precision from it; TensorRT 10 builds it with the INT8 flag).
+
+``reduce_range`` (7-bit weights) is decided from the target's CPU flags (:func:`choose_reduce_range`): on for x86
+without VNNI, where onnxruntime's u8s8 kernels can saturate, off elsewhere.
 """
 
-__all__: list[str] = []
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from ._api import QuantReport, decide_range, quantize, read_report, report_paths
+from ._capabilities import RangeDecision, choose_reduce_range, device_fingerprint, has_vnni
+from ._checks import OutputCheck, check_outputs, relative_l2, run_onnx
+from ._config import CALIBRATIONS, METHODS, TARGETS, QuantConfig
+from ._inputs import fit_inputs
+from ._ort import linear_mac_share, quantize_onnx
+from ._trt import tensorrt_plans, tensorrt_qdq_problems
+
+if TYPE_CHECKING:
+    from ._qat import prepare_qat, qat_finetune, strip_qat
+
+_LAZY = {"prepare_qat": "._qat", "qat_finetune": "._qat", "strip_qat": "._qat"}
+
+__all__ = [
+    "CALIBRATIONS",
+    "METHODS",
+    "TARGETS",
+    "OutputCheck",
+    "QuantConfig",
+    "QuantReport",
+    "RangeDecision",
+    "check_outputs",
+    "choose_reduce_range",
+    "decide_range",
+    "device_fingerprint",
+    "fit_inputs",
+    "has_vnni",
+    "linear_mac_share",
+    "prepare_qat",
+    "qat_finetune",
+    "quantize",
+    "quantize_onnx",
+    "read_report",
+    "relative_l2",
+    "report_paths",
+    "run_onnx",
+    "strip_qat",
+    "tensorrt_plans",
+    "tensorrt_qdq_problems",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

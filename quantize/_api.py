@@ -1,0 +1,280 @@
+"""``quantize()``: one FP32 ONNX file in, one INT8 ONNX file out, with the checks and a report."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from nasforge.errors import ConfigError, ExportError
+from nasforge.export._onnx_io import load_onnx, single_input_spec
+from nasforge.io import atomic_write_json, atomic_write_text
+
+from ._capabilities import RangeDecision, choose_reduce_range, device_fingerprint
+from ._checks import OutputCheck, check_outputs
+from ._config import QuantConfig
+from ._inputs import fit_inputs
+from ._ort import ensure_onnx_path, quantize_onnx
+
+if TYPE_CHECKING:
+    import torch
+
+    from nasforge.data import DataSplits
+    from nasforge.devices import Device
+
+__all__ = ["QuantReport", "quantize", "report_paths"]
+
+
+@dataclass
+class QuantReport:
+    """Everything :func:`quantize` decided and measured (saved as ``<out>.report.json`` and ``.md``).
+
+    Attributes:
+        source, output: the FP32 and INT8 ONNX files.
+        config: the settings asked for; ``method``: the method used (``auto`` resolved).
+        range_decision: ``reduce_range`` and why (the target CPU's flags, or the user's choice).
+        settings: what onnxruntime's quantizer was given.
+        check: FP32 vs INT8 (and the simulated reference) on the validation split.
+        latency: per batch size, p50 of FP32 and INT8 on the device, and the speed-up.
+        device: the device's settings.
+        tensorrt: for target ``tensorrt``: problems TensorRT would have with the Q/DQ graph (none expected) and
+            the TensorRT 10 / 11 build plans.
+        qat: for method ``qat``: the finetuning record.
+        seconds: wall time.
+    """
+
+    source: str
+    output: str
+    config: dict[str, Any]
+    method: str
+    range_decision: dict[str, Any]
+    settings: dict[str, Any]
+    check: dict[str, Any]
+    latency: dict[str, dict[str, float]] = field(default_factory=dict)
+    device: dict[str, Any] = field(default_factory=dict)
+    tensorrt: dict[str, Any] | None = None
+    qat: dict[str, Any] | None = None
+    seconds: float = 0.0
+
+    @property
+    def saturation(self) -> bool:
+        return bool(self.check.get("saturation"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_markdown(self) -> str:
+        """The human-readable report."""
+        c = self.check
+        lines = [f"# INT8 quantization of `{Path(self.source).name}`", "",
+                 f"- output: `{self.output}`", f"- method: {self.method}"
+                 + (f", calibration {self.settings.get('calibration')} on {self.settings.get('calib_samples')} "
+                    "training samples" if self.method == "static" else ""),
+                 f"- weights: {'per-channel' if self.settings.get('per_channel') else 'per-tensor'}, "
+                 f"reduce_range={self.range_decision['reduce_range']} ({self.range_decision['reason']})",
+                 f"- device: {self.device.get('name', '?')} ({self.device.get('backend', '?')})", "",
+                 "| check | FP32 | INT8 | simulated INT8 |", "|---|---|---|---|"]
+        fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
+        lines.append(f"| accuracy ({c['samples']} validation samples) | {fmt(c['fp32_accuracy'])} | "
+                     f"{fmt(c['int8_accuracy'])} | {fmt(c['simulated_accuracy'])} |")
+        lines.append(f"| relative L2 error vs FP32 | 0 | {c['rel_l2']:.4f} | {c['simulated_rel_l2']:.4f} |")
+        lines.append("")
+        if self.saturation:
+            lines.append("**Saturation:** the INT8 kernels' error is far above the simulated quantization's; the "
+                         "integer arithmetic overflows on this CPU. Quantize with reduce_range (the default on CPUs "
+                         "without VNNI) or per-tensor weights.")
+        else:
+            lines.append("No saturation: the INT8 kernels' error is in line with simulated quantization.")
+        if self.latency:
+            lines += ["", "| batch | FP32 p50 ms | INT8 p50 ms | speed-up |", "|---|---|---|---|"]
+            for b, row in self.latency.items():
+                lines.append(f"| {b} | {row['fp32_ms']:.4f} | {row['int8_ms']:.4f} | {row['speedup']:.2f}x |")
+        if self.tensorrt is not None:
+            probs = self.tensorrt["problems"]
+            lines += ["", "INT8 accuracy and error above are those of simulated quantization: TensorRT's "
+                      "kernels accumulate in 32 bits, onnxruntime's CPU kernels are not what it runs."]
+            lines += ["", "TensorRT: " + ("Q/DQ graph fits explicit quantization (int8, zero point 0); "
+                                          if not probs else f"{len(probs)} problem(s): {probs[0]}; ")
+                      + "TensorRT 10 builds it with builder flags "
+                      f"{self.tensorrt['plans']['tensorrt10']['builder_flags']}, TensorRT 11 strongly typed."]
+        if self.qat is not None:
+            lines += ["", f"QAT: {self.qat.get('epochs')} epoch(s) of fake-quant finetuning; validation accuracy "
+                      f"of the finetuned FP32 model {fmt(self.qat.get('fp32_accuracy_after'))}."]
+        return "\n".join(lines) + "\n"
+
+
+def report_paths(output: str | Path) -> tuple[Path, Path]:
+    """``(<output stem>.report.json, <output stem>.report.md)`` next to the INT8 file."""
+    output = Path(output)
+    stem = output.with_suffix("")
+    return stem.with_name(stem.name + ".report.json"), stem.with_name(stem.name + ".report.md")
+
+
+def _resolve_device(device: str | Device | None, devices_file: str | Path | None) -> Device | None:
+    if device is None or device == "none":
+        return None
+    if isinstance(device, str):
+        from nasforge.devices import get_device
+
+        return get_device(device, devices_file)
+    return device
+
+
+def decide_range(config: QuantConfig, device: Device | None, fingerprint: dict[str, Any] | None) -> RangeDecision:
+    """The ``reduce_range`` of this quantization: the user's, else from the target's fingerprint."""
+    if config.target == "tensorrt":
+        return RangeDecision(False, "target tensorrt: full 8-bit symmetric weights")
+    if config.reduce_range is not None:
+        return RangeDecision(config.reduce_range, "set explicitly")
+    backend = "ort-cpu"
+    if device is not None:
+        backend = device.remote_backend if device.backend == "remote" else device.backend
+    if fingerprint is None:
+        if device is None:
+            from nasforge.export import environment_fingerprint
+
+            fingerprint = environment_fingerprint(1)
+        else:
+            fingerprint = device_fingerprint(device)
+    return choose_reduce_range(fingerprint, backend=backend)
+
+
+def _measure(device: Device, fp32: Path, int8: Path, batches: Sequence[int], dynamic: bool,
+             fixed: int | None) -> dict[str, dict[str, float]]:
+    """p50 of both files per batch, measured alternately (FP32, INT8, FP32, INT8) and the better round kept."""
+    profiler = device.profiler()
+    opts = device.measure_options()
+    out: dict[str, dict[str, float]] = {}
+    for b in batches:
+        if fixed is not None and b != fixed:
+            continue
+        if not dynamic and fixed is None and b != 1:
+            continue
+        best = {"fp32_ms": float("inf"), "int8_ms": float("inf")}
+        for _ in range(2):
+            for key, path in (("fp32_ms", fp32), ("int8_ms", int8)):
+                best[key] = min(best[key], profiler.measure(path, batch=b, **opts).median_ms)
+        out[str(b)] = {**best, "speedup": best["fp32_ms"] / best["int8_ms"]}
+    return out
+
+
+def quantize(
+    model: str | Path,
+    out: str | Path,
+    *,
+    data: DataSplits | None = None,
+    config: QuantConfig | None = None,
+    device: str | Device | None = "cpu",
+    devices_file: str | Path | None = None,
+    batches: Sequence[int] = (1,),
+    check_samples: int = 1000,
+    fingerprint: dict[str, Any] | None = None,
+    torch_model: torch.nn.Module | None = None,
+    qat_options: dict[str, Any] | None = None,
+    write_report: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> QuantReport:
+    """Quantize the FP32 ONNX file ``model`` to INT8 at ``out``, check it and measure it.
+
+    Args:
+        model: an FP32 ``.onnx`` file (``nasforge export``, ``nasforge run``'s subnets, ``nasforge prune``).
+        out: the INT8 ``.onnx`` file to write; the report goes next to it (:func:`report_paths`).
+        data: the task's data: ``config.calib_samples`` training samples calibrate, the validation split checks.
+            Needed by static quantization and QAT; optional for dynamic (the checks then use random inputs and
+            report no accuracy).
+        config: the settings (:class:`QuantConfig`; default: auto method, MinMax, per-channel, auto reduce_range).
+        device: the target (a name in ``devices.yaml`` or a :class:`~nasforge.devices.Device`): its CPU decides
+            ``reduce_range`` and latency is measured on it; ``None`` or ``"none"`` measures nothing.
+        batches: batch sizes to time (sizes the file cannot run are skipped).
+        check_samples: at most this many validation samples in the checks.
+        fingerprint: the target's fingerprint, instead of asking the device (tests, offline decisions).
+        torch_model: the PyTorch model the ONNX file was exported from; required by ``method="qat"``.
+        qat_options: keyword arguments of :func:`nasforge.quantize.qat_finetune`.
+
+    Returns:
+        A :class:`QuantReport` (also written as JSON and Markdown next to ``out`` unless ``write_report=False``).
+
+    Raises:
+        ExportError: ``model`` is missing or not ONNX, or onnxruntime cannot quantize it.
+        ConfigError: bad settings, ``out`` equal to ``model``, static quantization or QAT without data.
+        DataError: the data does not fit the model's input.
+    """
+    started = time.perf_counter()
+    config = config or QuantConfig()
+    say = log or (lambda _msg: None)
+    src, dst = ensure_onnx_path(model), Path(out)
+    if dst.suffix != ".onnx":
+        raise ConfigError(f"--out {dst} should be an .onnx file (e.g. model.int8.onnx)")
+    if dst.resolve() == src.resolve():
+        raise ConfigError(f"--out {dst} is the input file; write the INT8 model to another file")
+    proto = load_onnx(src, check=False)
+    spec = single_input_spec(proto, src)
+    if config.method in ("static", "qat") and data is None:
+        raise ConfigError(f"--method {config.method} needs calibration data; pass --data SPEC (the task's dataset)")
+    dev = _resolve_device(device, devices_file)
+    decision = decide_range(config, dev, fingerprint)
+    say(f"reduce_range={decision.reduce_range}: {decision.reason}")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+
+    calib = val_x = val_y = None
+    if data is not None:
+        calib = fit_inputs(data.train.x[: config.calib_samples], spec.dims, f"'{src.name}'")
+        val_x = fit_inputs(data.val.x[:check_samples], spec.dims, f"'{src.name}'")
+        val_y = data.val.y[:check_samples].numpy()
+    qat_record = None
+    fp32_for_int8 = src
+    if config.method == "qat":
+        from ._qat import qat_to_onnx
+
+        if torch_model is None:
+            raise ConfigError("--method qat finetunes the PyTorch model behind the ONNX file; pass it (the CLI "
+                              "takes --source: a pruned model.pt, RUN/subnets/K or zoo:NAME)")
+        fp32_for_int8 = dst.with_name(dst.stem + ".qat-fp32.onnx")
+        qat_record = qat_to_onnx(torch_model, data, fp32_for_int8, reduce_range=decision.reduce_range,  # type: ignore[arg-type]
+                                 per_channel=config.per_channel, example_shape=spec.dims, log=say,
+                                 **(qat_options or {}))
+    say(f"quantizing {src.name} ({config.method}) ...")
+    result = quantize_onnx(fp32_for_int8, dst, config, reduce_range=decision.reduce_range, calib_x=calib)
+    if val_x is None:
+        rng = np.random.default_rng(0)
+        shape = [d or 1 for d in spec.dims[1:]]
+        val_x = rng.standard_normal((64, *shape)).astype(np.float32)
+    check: OutputCheck = check_outputs(src, dst, val_x, val_y, factor=config.saturation_factor,
+                                       margin=config.saturation_margin, kernels=config.target != "tensorrt")
+    latency: dict[str, dict[str, float]] = {}
+    if dev is not None:
+        say(f"measuring FP32 and INT8 on {dev.name} ...")
+        fixed = spec.dims[0] if isinstance(spec.dims[0], int) and spec.dims[0] > 1 else None
+        latency = _measure(dev, src, dst, batches, spec.dims[0] is None, fixed)
+    trt = None
+    if config.target == "tensorrt":
+        from ._trt import tensorrt_plans, tensorrt_qdq_problems
+
+        trt = {"problems": tensorrt_qdq_problems(dst), "plans": tensorrt_plans(dst)}
+    report = QuantReport(source=str(src), output=str(dst), config=config.to_dict(), method=result.method,
+                         range_decision=decision.to_dict(), settings=result.settings, check=check.to_dict(),
+                         latency=latency, device={} if dev is None else dev.to_dict(), tensorrt=trt,
+                         qat=qat_record, seconds=time.perf_counter() - started)
+    if write_report:
+        json_path, md_path = report_paths(dst)
+        atomic_write_json(json_path, report.to_dict())
+        atomic_write_text(md_path, report.to_markdown())
+    return report
+
+
+def read_report(path: str | Path) -> dict[str, Any]:
+    """A saved report (JSON).
+
+    Raises:
+        ExportError: missing or unreadable.
+    """
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ExportError(f"cannot read quantization report {path}: {err}") from None

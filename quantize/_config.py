@@ -1,0 +1,84 @@
+"""The typed settings of one quantization (:class:`QuantConfig`)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from nasforge.errors import ConfigError
+
+__all__ = ["ACTIVATION_TYPES", "CALIBRATIONS", "METHODS", "TARGETS", "QuantConfig"]
+
+METHODS = ("auto", "static", "dynamic", "qat")
+CALIBRATIONS = ("minmax", "entropy", "percentile")
+TARGETS = ("ort", "tensorrt")
+ACTIVATION_TYPES = ("uint8", "int8")
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """How to quantize one model.
+
+    Attributes:
+        method: ``"static"`` (post-training, activations calibrated, QDQ graph), ``"dynamic"`` (weights only,
+            activations quantized at run time; for Linear/MatMul-heavy models), ``"qat"`` (fake-quant finetuning
+            in PyTorch, then static) or ``"auto"`` (dynamic when MatMul/Gemm carry most MACs, else static).
+        calibration: activation-range calibration of static quantization: ``"minmax"``, ``"entropy"`` or
+            ``"percentile"``.
+        calib_samples: how many training samples calibrate the activation ranges.
+        per_channel: one weight scale per output channel (else one per tensor).
+        reduce_range: 7-bit weights; ``None`` decides from the target CPU (on when an x86 CPU lacks VNNI, where
+            8-bit weights can saturate the 16-bit intermediate sums of onnxruntime's u8s8 kernels).
+        activation_type: ``"uint8"`` (fastest on onnxruntime's x86 kernels) or ``"int8"``.
+        target: ``"ort"`` (onnxruntime) or ``"tensorrt"`` (symmetric int8 activations and weights, zero points
+            0, per-channel weights, as TensorRT's explicit quantization wants; no reduce_range).
+        percentile: the percentile of ``calibration="percentile"``.
+        exclude_nodes: ONNX node names left in float.
+        saturation_factor: flag saturation when the INT8 model's relative error exceeds this many times the
+            simulated-quantization reference's (and by more than ``saturation_margin``).
+        saturation_margin: absolute slack of that comparison.
+
+    Raises:
+        ConfigError: a field out of range (one line naming it and the choices).
+    """
+
+    method: str = "auto"
+    calibration: str = "minmax"
+    calib_samples: int = 256
+    per_channel: bool = True
+    reduce_range: bool | None = None
+    activation_type: str = "uint8"
+    target: str = "ort"
+    percentile: float = 99.999
+    exclude_nodes: tuple[str, ...] = ()
+    saturation_factor: float = 1.5
+    saturation_margin: float = 0.01
+
+    def __post_init__(self) -> None:
+        for name, choices in (("method", METHODS), ("calibration", CALIBRATIONS), ("target", TARGETS),
+                              ("activation_type", ACTIVATION_TYPES)):
+            if getattr(self, name) not in choices:
+                raise ConfigError(f"quantization {name} {getattr(self, name)!r} is unknown; pick one of {choices}")
+        if isinstance(self.calib_samples, bool) or not isinstance(self.calib_samples, int) or self.calib_samples < 1:
+            raise ConfigError(f"calib_samples={self.calib_samples!r} is invalid; pass an int >= 1 (e.g. 256)")
+        if self.reduce_range not in (None, True, False):
+            raise ConfigError(f"reduce_range={self.reduce_range!r} is invalid; pass None (auto), True or False")
+        if not (isinstance(self.percentile, (int, float)) and 90.0 <= self.percentile <= 100.0):
+            raise ConfigError(f"percentile={self.percentile!r} is invalid; pass a number in [90, 100] (e.g. 99.999)")
+        if not (isinstance(self.saturation_factor, (int, float)) and self.saturation_factor >= 1.0):
+            raise ConfigError(f"saturation_factor={self.saturation_factor!r} is invalid; pass a number >= 1")
+        object.__setattr__(self, "exclude_nodes", tuple(self.exclude_nodes))
+        if self.target == "tensorrt":
+            if self.method == "dynamic":
+                raise ConfigError("TensorRT has no dynamic quantization; use method 'static' (or 'qat') with "
+                                  "target 'tensorrt'")
+            if self.reduce_range:
+                raise ConfigError("reduce_range is an onnxruntime x86 workaround; TensorRT wants full 8-bit "
+                                  "weights: drop reduce_range for target 'tensorrt'")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        out = dataclasses.asdict(self)
+        out["exclude_nodes"] = list(self.exclude_nodes)
+        return out

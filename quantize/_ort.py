@@ -1,0 +1,169 @@
+"""INT8 ONNX files through onnxruntime's quantization tool: static (QDQ, calibrated) and dynamic."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nasforge.errors import ConfigError, ExportError
+from nasforge.export._onnx_io import first_line, load_onnx, single_input_spec
+from nasforge.io import atomic_write
+
+from ._config import QuantConfig
+from ._inputs import ArrayReader
+
+__all__ = ["OrtQuantization", "linear_mac_share", "quantize_onnx"]
+
+_CALIBRATE = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+
+
+@dataclass(frozen=True)
+class OrtQuantization:
+    """What :func:`quantize_onnx` wrote: the settings actually used and how many tensors were quantized."""
+
+    path: Path
+    method: str
+    reduce_range: bool
+    quantized_nodes: int
+    float_nodes: int
+    settings: dict[str, Any]
+
+
+def linear_mac_share(model: Any) -> float:
+    """Share of the weight parameters held by MatMul/Gemm (vs Conv) initializers; 0 without any."""
+    inits = {i.name: int(np.prod(i.dims)) for i in model.graph.initializer}
+    conv = sum(inits.get(n.input[1], 0) for n in model.graph.node if n.op_type == "Conv" and len(n.input) > 1)
+    linear = sum(inits.get(i, 0) for n in model.graph.node if n.op_type in ("MatMul", "Gemm") for i in n.input[:2])
+    total = conv + linear
+    return linear / total if total else 0.0
+
+
+def resolve_method(config: QuantConfig, model: Any) -> str:
+    """``static`` or ``dynamic`` (``auto``: dynamic when MatMul/Gemm hold most weights); ``qat`` ends as static."""
+    if config.method == "auto":
+        return "dynamic" if linear_mac_share(model) > 0.5 and config.target == "ort" else "static"
+    return "static" if config.method == "qat" else config.method
+
+
+def _preprocess(src: Path, tmp: Path) -> Path:
+    """Shape inference and graph optimisation before quantization (onnxruntime's recommended step)."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    out = tmp / "preprocessed.onnx"
+    try:
+        quant_pre_process(str(src), str(out), skip_symbolic_shape=True)
+    except Exception as err:  # noqa: BLE001  onnxruntime raises bare Exception subclasses from many layers
+        raise ExportError(f"cannot prepare '{src}' for quantization: {first_line(err)}") from err
+    return out
+
+
+def quantize_onnx(src: str | Path, dst: str | Path, config: QuantConfig, *, reduce_range: bool,
+                  calib_x: np.ndarray | None = None) -> OrtQuantization:
+    """Write an INT8 version of the ONNX file ``src`` to ``dst`` (atomically).
+
+    Args:
+        config: the settings (``method`` ``auto`` is resolved here; ``qat`` quantizes statically).
+        reduce_range: 7-bit weights (see :mod:`nasforge.quantize._capabilities`).
+        calib_x: calibration inputs already shaped for the model (static only).
+
+    Raises:
+        ConfigError: static quantization without calibration data.
+        ExportError: ``src`` is not a valid ONNX model, or onnxruntime fails to quantize it.
+    """
+    from onnxruntime import quantization as q
+
+    src, dst = Path(src), Path(dst)
+    model = load_onnx(src, check=True)
+    spec = single_input_spec(model, src)
+    method = resolve_method(config, model)
+    if method == "static" and (calib_x is None or len(calib_x) == 0):
+        raise ConfigError("static INT8 quantization needs calibration data; pass --data SPEC (or use --method "
+                          "dynamic)")
+    trt = config.target == "tensorrt"
+    settings: dict[str, Any] = {"method": method, "per_channel": config.per_channel, "reduce_range": reduce_range,
+                                "format": "QDQ" if method == "static" else "QOperator"}
+    with tempfile.TemporaryDirectory(dir=dst.parent if dst.parent.exists() else None) as tmp:
+        pre = _preprocess(src, Path(tmp))
+        staged = Path(tmp) / "int8.onnx"
+        try:
+            if method == "dynamic":
+                q.quantize_dynamic(str(pre), str(staged), per_channel=config.per_channel, reduce_range=reduce_range,
+                                   weight_type=q.QuantType.QInt8, nodes_to_exclude=list(config.exclude_nodes))
+            else:
+                act = q.QuantType.QInt8 if trt or config.activation_type == "int8" else q.QuantType.QUInt8
+                extra: dict[str, Any] = {"CalibMovingAverage": False}
+                if config.calibration == "percentile":
+                    extra["CalibPercentile"] = float(config.percentile)
+                if trt:  # TensorRT's explicit quantization: symmetric, zero point 0, int8 both sides, float biases
+                    extra.update(ActivationSymmetric=True, WeightSymmetric=True, QuantizeBias=False)
+                fixed = spec.dims[0] if isinstance(spec.dims[0], int) else None
+                reader = ArrayReader(spec.name, calib_x, fixed_batch=fixed)  # type: ignore[arg-type]
+                q.quantize_static(str(pre), str(staged), reader, quant_format=q.QuantFormat.QDQ,
+                                  per_channel=config.per_channel, reduce_range=reduce_range, activation_type=act,
+                                  weight_type=q.QuantType.QInt8, nodes_to_exclude=list(config.exclude_nodes),
+                                  calibrate_method=getattr(q.CalibrationMethod, _CALIBRATE[config.calibration]),
+                                  extra_options=extra)
+                settings.update(calibration=config.calibration, activation_type=act.name,
+                                calib_samples=int(len(calib_x)), symmetric=trt)  # type: ignore[arg-type]
+        except (ConfigError, ExportError):
+            raise
+        except Exception as err:  # noqa: BLE001  onnxruntime's quantizer raises many unrelated types
+            raise ExportError(f"onnxruntime could not quantize '{src}': {first_line(err)}") from err
+        out = load_onnx(staged, check=False)
+        _copy_metadata(model, out, settings)
+        atomic_write(dst, lambda fh: fh.write(out.SerializeToString()))
+    counts = _count_nodes(out)
+    return OrtQuantization(dst, method, reduce_range, counts[0], counts[1], settings)
+
+
+def _copy_metadata(src: Any, out: Any, settings: dict[str, Any]) -> None:
+    """Keep the FP32 file's metadata (architecture, normalisation, ...) and record how it was quantized."""
+    import json
+
+    props = {p.key: p.value for p in src.metadata_props}
+    props["nasforge_quantization"] = json.dumps(settings, sort_keys=True)
+    del out.metadata_props[:]
+    for key, value in props.items():
+        entry = out.metadata_props.add()
+        entry.key, entry.value = key, value
+
+
+_QUANT_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger",
+              "QLinearConv", "QLinearMatMul"}
+_COMPUTE = {"Conv", "MatMul", "Gemm", "ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul"}
+
+
+def _count_nodes(model: Any) -> tuple[int, int]:
+    """(compute nodes fed by quantized tensors, compute nodes left in float) of a quantized graph."""
+    producers = {o: n.op_type for n in model.graph.node for o in n.output}
+    quantized = float_ = 0
+    for n in model.graph.node:
+        if n.op_type not in _COMPUTE:
+            continue
+        if n.op_type in _QUANT_OPS or any(producers.get(i) in _QUANT_OPS for i in n.input[:1]):
+            quantized += 1
+        else:
+            float_ += 1
+    return quantized, float_
+
+
+def ensure_onnx_path(path: str | Path) -> Path:
+    """``path`` if it names an existing ONNX file; else a one-line error that says what was expected.
+
+    Raises:
+        ExportError: missing file, or not an ONNX model (e.g. a PyTorch checkpoint).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ExportError(f"no ONNX file at '{path}'; export one first (nasforge export ... --out DIR)")
+    with path.open("rb") as fh:
+        head = fh.read(2)
+    if head[:2] == b"PK":
+        raise ExportError(f"'{path}' is a PyTorch checkpoint (zip), not an ONNX file; export it first "
+                          "(nasforge export / nasforge prune write model.onnx)")
+    load_onnx(path, check=True)
+    return path
