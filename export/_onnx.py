@@ -311,6 +311,9 @@ def _export_to_proto(
 ) -> onnx.ModelProto:
     """Run the exporter into ``tmp_file`` and load the result with any external data inlined."""
     kwargs = _dynamic_kwargs(model, dynamic_batch, exporter, names)
+    if dynamic_batch and exporter == "dynamo" and example.shape[0] == 1:
+        # torch.export specialises a size-1 dim to the constant 1 ("Invalid ranges [2:1]"): trace with two rows
+        example = torch.cat([example, example])
     try:
         with eval_mode(model), _quiet_exporter():
             torch.onnx.export(
