@@ -29,6 +29,8 @@ _DEFAULT_DIRECTIONS: dict[str, str] = {
     "flops": "minimize",
     "params": "minimize",
     "latency_ms": "minimize",
+    "int8_accuracy": "maximize",
+    "int8_latency_ms": "minimize",
     "loss": "minimize",
     "memory_mb": "minimize",
     "size_mb": "minimize",
@@ -109,8 +111,8 @@ class Constraint:
 def parse_objective(text: str | Objective) -> Objective:
     """Parse ``"accuracy"``, ``"macs"`` or an explicit ``"name:max"`` / ``"name:min"``.
 
-    Known metrics (accuracy, top1, top5 are maximised; macs, flops, params, latency_ms, loss, memory_mb,
-    size_mb are minimised) need no direction. An :class:`Objective` is returned unchanged.
+    Known metrics (accuracy, top1, top5, int8_accuracy are maximised; macs, flops, params, latency_ms,
+    int8_latency_ms, loss, memory_mb, size_mb are minimised) need no direction. An :class:`Objective` is returned unchanged.
 
     Raises:
         ConfigError: quoting ``text`` when it is malformed or names an unknown metric without direction.

@@ -23,6 +23,7 @@ __all__ = [
     "TrainSection",
     "SearchSection",
     "ExportSection",
+    "CompressSection",
     "RunConfig",
     "load_config",
     "save_config",
@@ -100,6 +101,50 @@ class ExportSection:
 
 
 @dataclass(frozen=True)
+class CompressSection:
+    """Optional last stage: prune and/or INT8-quantize every exported subnet (``subnets/<k>/compressed/``).
+
+    Attributes:
+        prune: a pruning target (``macs=0.7``, ``macs=2x``, ``params=0.5``, ``latency_ms=3`` on
+            ``export.backend``); ``None`` prunes nothing.
+        criterion: channel-group ranking of the pruning (``nasforge.prune.list_criteria()``; not ``gmn``).
+        finetune_epochs: finetuning epochs after pruning (0: none).
+        round_to: pruned channel counts stay multiples of this (1: any count).
+        quantize: write an INT8 ONNX file (of the pruned model when ``prune`` is set).
+        method, calibration: the INT8 settings (:class:`nasforge.quantize.QuantConfig`); an ``int8_accuracy``
+            or ``int8_latency_ms`` search objective quantizes with them too (``qat`` as ``static`` there).
+    """
+
+    prune: str | None = None
+    criterion: str = "l2"
+    finetune_epochs: int = 1
+    round_to: int = 4
+    quantize: bool = False
+    method: str = "static"
+    calibration: str = "minmax"
+
+    def __post_init__(self) -> None:
+        from nasforge.prune import list_criteria, parse_target
+        from nasforge.quantize import QuantConfig
+
+        if self.prune is not None:
+            parse_target(self.prune)
+        if self.criterion not in list_criteria():
+            raise ConfigError(f"criterion {self.criterion!r} is unknown; pick one of {list_criteria()} ('gmn' needs "
+                              "a metanetwork: use `nasforge prune --criterion gmn`)")
+        if self.finetune_epochs < 0:
+            raise ConfigError(f"finetune_epochs={self.finetune_epochs} is invalid; it must be >= 0")
+        if self.round_to < 1:
+            raise ConfigError(f"round_to={self.round_to} is invalid; it must be >= 1 (1: any channel count)")
+        QuantConfig(method=self.method, calibration=self.calibration)
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the compress stage runs."""
+        return self.prune is not None or self.quantize
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """Everything ``nasforge run`` needs; saved as ``config.yaml`` in the run folder."""
 
@@ -110,6 +155,7 @@ class RunConfig:
     train: TrainSection = field(default_factory=TrainSection)
     search: SearchSection = field(default_factory=SearchSection)
     export: ExportSection = field(default_factory=ExportSection)
+    compress: CompressSection = field(default_factory=CompressSection)
 
     def __post_init__(self) -> None:
         _check_values(self)
@@ -139,7 +185,7 @@ def _plain(obj: Any) -> Any:
 
 _SECTIONS: dict[str, type] = {
     "data": DataSection, "supernet": SupernetSection, "train": TrainSection, "search": SearchSection,
-    "export": ExportSection,
+    "export": ExportSection, "compress": CompressSection,
 }
 
 
@@ -204,7 +250,7 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
     return value
 
 
-_NULLABLE = {"data.image_size", "search.storage"}
+_NULLABLE = {"data.image_size", "search.storage", "compress.prune"}
 _TYPE_NAMES = {bool: "true/false", int: "an integer", float: "a number", tuple: "a list of strings",
                dict: "a mapping", str: "a string"}
 

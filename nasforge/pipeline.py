@@ -1,13 +1,15 @@
-"""``nasforge run``: train a supernet, search its subnets, export the best ones, measure them, report.
+"""``nasforge run``: train a supernet, search its subnets, export the best ones, measure them, optionally prune
+and quantize them (``compress:``), report.
 
 Every stage writes into the run folder and can be resumed: training continues from the last epoch's
-checkpoint, the search continues its Optuna journal, and export/measurement are redone (they are cheap and
-overwrite atomically).
+checkpoint, the search continues its Optuna journal, and export/measurement and compression are redone (they
+are cheap and overwrite atomically).
 """
 
 from __future__ import annotations
 
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -18,7 +20,7 @@ import numpy as np
 import torch
 
 from nasforge.config import RunConfig, load_config, save_config
-from nasforge.data import DataSplits, load_data
+from nasforge.data import DataSplits, Split, load_data
 from nasforge.errors import ConfigError
 from nasforge.export import export_onnx, measure_latency
 from nasforge.io import atomic_write_json, sha256_file
@@ -27,7 +29,7 @@ from nasforge.progress import ProgressReporter
 from nasforge.report import write_report
 from nasforge.supernets import Architecture, Supernet, create_supernet
 from nasforge.supernets.checkpoint import load_supernet, save_checkpoint
-from nasforge.supernets.evaluate import calibrated_subnet, resize
+from nasforge.supernets.evaluate import accuracy, calibrated_subnet, resize
 from nasforge.supernets.trainers import get_trainer
 from nasforge.train import fit_with_progress
 
@@ -107,6 +109,11 @@ def run_pipeline(cfg: RunConfig, out: str | Path, *, resume: bool = False,
     subnets = export_stage(cfg, net, data, out, result, reporter)
     timings["export_s"] = time.perf_counter() - t0
 
+    if cfg.compress.enabled:
+        t0 = time.perf_counter()
+        compress_stage(cfg, net, data, out, subnets, reporter)
+        timings["compress_s"] = time.perf_counter() - t0
+
     summary = RunSummary(out, subnets, history, result, timings)
     _mark_front(summary)
     write_report(cfg, data, summary)
@@ -155,14 +162,20 @@ def train_stage(cfg: RunConfig, data: DataSplits, out: Path, resume: bool,
 # -- search ----------------------------------------------------------------------------------------------------
 def make_evaluator(cfg: RunConfig, net: Supernet, data: DataSplits, scratch: Path) -> Callable[[Architecture], dict[str, float]]:
     """Architecture -> metrics: validation accuracy after BN recalibration, MACs, params and (if an objective
-    or constraint needs it) latency of the exported ONNX model on ``export.backend`` with a short protocol.
+    or constraint needs it) latency of the exported ONNX model on ``export.backend`` with a short protocol, and
+    the INT8 file's ``int8_accuracy`` / ``int8_latency_ms`` (:func:`nasforge.search.make_subnet_evaluator`).
     """
+    from nasforge.quantize import QuantConfig
     from nasforge.search import make_subnet_evaluator
 
     wanted = " ".join(cfg.search.objectives + cfg.search.constraints)
+    # "latency" also matches int8_latency_ms, which is measured when both latency and int8 are on; the search
+    # quantizes like the compress stage does (compress.method / calibration; qat is static in the loop)
+    int8_config = QuantConfig(method=cfg.compress.method, calibration=cfg.compress.calibration)
     return make_subnet_evaluator(net, data, calib_images=cfg.search.calib_images, latency="latency" in wanted,
                                  latency_runs=cfg.search.latency_runs, latency_warmup=cfg.search.latency_warmup,
-                                 scratch=scratch, backend=cfg.export.backend, threads=cfg.export.threads)
+                                 scratch=scratch, backend=cfg.export.backend, threads=cfg.export.threads,
+                                 int8="int8" in wanted, int8_config=int8_config)
 
 
 def search_stage(cfg: RunConfig, net: Supernet, data: DataSplits, out: Path,
@@ -213,22 +226,31 @@ def export_stage(cfg: RunConfig, net: Supernet, data: DataSplits, out: Path, res
     return rows
 
 
+def _subnet_metadata(cfg: RunConfig, data: DataSplits, arch: Architecture, r: int, ckpt_hash: str) -> dict[str, str]:
+    return {
+        "architecture": arch.to_json(), "supernet": cfg.supernet.name, "dataset": cfg.data.spec,
+        "resolution": str(r), "normalization_mean": str(list(data.mean)), "normalization_std": str(list(data.std)),
+        "source_checkpoint_sha256": ckpt_hash,
+    }
+
+
+def _export_subnet(cfg: RunConfig, data: DataSplits, model: torch.nn.Module, r: int, path: Path,
+                   metadata: dict[str, str]) -> Any:
+    """Export with the run's ONNX settings, parity-checked on real validation images."""
+    real = [resize(data.val.x[:1], r), resize(data.val.x[1:2], r)]
+    if cfg.export.dynamic_batch:
+        real.append(resize(data.val.x[:16], r))
+    return export_onnx(model, real[0], path, opset=cfg.export.opset, dynamic_batch=cfg.export.dynamic_batch,
+                       metadata=metadata, check_inputs=real, atol=cfg.export.atol, exporter=cfg.export.exporter)
+
+
 def _export_one(cfg: RunConfig, net: Supernet, data: DataSplits, folder: Path, rec: TrialRecord, k: int,
                 ckpt_hash: str) -> dict[str, Any]:
     arch = net.space.canonical(rec.arch)
     r = net.resolution(arch)
     sub = calibrated_subnet(net, arch, data.train.x[: cfg.search.calib_images], cfg.search.calib_images)
-    metadata = {
-        "architecture": arch.to_json(), "supernet": cfg.supernet.name, "dataset": cfg.data.spec,
-        "resolution": str(r), "normalization_mean": str(list(data.mean)), "normalization_std": str(list(data.std)),
-        "source_checkpoint_sha256": ckpt_hash,
-    }
-    real = [resize(data.val.x[:1], r), resize(data.val.x[1:2], r)]
-    if cfg.export.dynamic_batch:
-        real.append(resize(data.val.x[:16], r))
-    exported = export_onnx(sub, real[0], folder / "model.onnx", opset=cfg.export.opset,
-                           dynamic_batch=cfg.export.dynamic_batch, metadata=metadata, check_inputs=real,
-                           atol=cfg.export.atol, exporter=cfg.export.exporter)
+    metadata = _subnet_metadata(cfg, data, arch, r, ckpt_hash)
+    exported = _export_subnet(cfg, data, sub, r, folder / "model.onnx", metadata)
     test_acc = _onnx_accuracy(folder / "model.onnx", resize(data.test.x, r), data.test.y)
     with torch.no_grad():
         test_acc_torch = float((sub(resize(data.test.x, r)).argmax(1) == data.test.y).float().mean())
@@ -243,6 +265,124 @@ def _export_one(cfg: RunConfig, net: Supernet, data: DataSplits, folder: Path, r
     atomic_write_json(folder / "arch.json", arch.to_dict())
     atomic_write_json(folder / "metrics.json", row)
     return row
+
+
+# -- compression: pruning and INT8 quantization of the exported subnets ----------------------------------------
+def compress_stage(cfg: RunConfig, net: Supernet, data: DataSplits, out: Path, subnets: list[dict[str, Any]],
+                   reporter: ProgressReporter) -> None:
+    """Prune (``compress.prune``) and/or quantize (``compress.quantize``) every exported subnet into
+    ``subnets/<k>/compressed/`` and add ``row["compressed"]`` to its row and ``metrics.json`` (rewritten atomically).
+
+    Redone in full on resume, like the export.
+    """
+    ckpt_hash = sha256_file(out / "checkpoints" / "supernet.pt")
+    with reporter.task("compress", total=len(subnets)) as task:
+        for row in subnets:
+            folder = out / "subnets" / str(row["subnet"])
+            row["compressed"] = _compress_one(cfg, net, data, folder, row, ckpt_hash)
+            atomic_write_json(folder / "metrics.json", row)
+            task.advance(1, f"subnet {row['subnet']}: " + _compress_status(row["compressed"]))
+
+
+def _compress_status(c: dict[str, Any]) -> str:
+    parts = []
+    if "pruned" in c:
+        p = c["pruned"]
+        parts.append(f"pruned {p['macs_reduction']:.2f}x fewer MACs, test acc {p['test_acc']:.3f}")
+    if "int8" in c:
+        q = c["int8"]
+        speed = f", {q['speedup']:.2f}x faster" if q.get("speedup") else ""
+        parts.append(f"INT8 test acc {q['test_acc']:.3f}{speed}")
+    return "; ".join(parts)
+
+
+def _device(cfg: RunConfig) -> Any:
+    from nasforge.devices import Device
+
+    return Device(name=cfg.export.backend, backend=cfg.export.backend, threads=cfg.export.threads,
+                  runs=cfg.export.runs, warmup=cfg.export.warmup)
+
+
+def _latency_fn(cfg: RunConfig, shape: tuple[int, ...]) -> Callable[[torch.nn.Module], float]:
+    """``model -> p50 ms`` on ``export.backend`` (for a ``latency_ms=`` pruning target)."""
+
+    def measure(model: torch.nn.Module) -> float:
+        with tempfile.TemporaryDirectory(prefix="nasforge-compress-") as tmp:
+            path = Path(tmp) / "model.onnx"
+            export_onnx(model.eval(), torch.zeros(1, *shape), path, exporter="torchscript", atol=1e-3)
+            return measure_latency(path, backend=cfg.export.backend, runs=cfg.export.runs, warmup=cfg.export.warmup,
+                                   threads=cfg.export.threads).median_ms
+
+    measure.device_name = cfg.export.backend  # type: ignore[attr-defined]
+    return measure
+
+
+def _compress_one(cfg: RunConfig, net: Supernet, data: DataSplits, folder: Path, row: dict[str, Any],
+                  ckpt_hash: str) -> dict[str, Any]:
+    c = cfg.compress
+    arch = net.space.canonical(row["arch"])
+    r = int(row["resolution"])
+    comp = folder / "compressed"
+    comp.mkdir(parents=True, exist_ok=True)
+    model = calibrated_subnet(net, arch, data.train.x[: cfg.search.calib_images], cfg.search.calib_images)
+    fp32_ms = float(row["latency_ms"]["median_ms"])
+    test_x = resize(data.test.x, r)
+    result: dict[str, Any] = {}
+    source = folder / "model.onnx"
+    if c.prune is not None:
+        from nasforge.prune import make_loss_fn, parse_target, prune, save_pruned, train_classifier
+        from nasforge.prune._criteria import get_criterion
+
+        train = Split(resize(data.train.x, r), data.train.y)
+        shape = tuple(net.input_shape(arch))
+        latency = _latency_fn(cfg, shape) if parse_target(c.prune).kind == "latency_ms" else None
+        loss_fn = make_loss_fn(train, seed=cfg.seed) if get_criterion(c.criterion).needs_grad else None
+        model, rep = prune(model, resize(data.val.x[:2], r), target=c.prune, criterion=c.criterion,
+                           round_to=c.round_to, latency=latency, loss_fn=loss_fn)
+        if c.finetune_epochs > 0:
+            train_classifier(model, train, epochs=c.finetune_epochs, lr=0.01, seed=cfg.seed)
+        model.eval()
+        base = {"kind": "subnet", "supernet": cfg.supernet.name, "options": _supernet_options(cfg, data),
+                "arch": arch.to_dict()}
+        save_pruned(comp / "pruned.pt", model, base=base, input_shape=list(shape), history=rep.history,
+                    extra={"data_spec": cfg.data.spec})
+        metadata = {**_subnet_metadata(cfg, data, arch, r, ckpt_hash), "pruning_target": c.prune,
+                    "criterion": c.criterion}
+        exported = _export_subnet(cfg, data, model, r, comp / "pruned.onnx", metadata)
+        source = comp / "pruned.onnx"
+        result["pruned"] = {
+            "onnx": "compressed/pruned.onnx", "model": "compressed/pruned.pt", "target": c.prune,
+            "criterion": c.criterion, "finetune_epochs": c.finetune_epochs, "macs_before": rep.macs_before,
+            "macs_after": rep.macs_after, "macs_reduction": rep.macs_reduction, "params_before": rep.params_before,
+            "params_after": rep.params_after, "val_acc": accuracy(model, data.val.x, data.val.y, r),
+            "test_acc": _onnx_accuracy(source, test_x, data.test.y), "max_abs_diff": exported.max_abs_diff,
+        }
+        if not c.quantize:  # otherwise quantize() times the pruned file next to its INT8 version
+            ms = measure_latency(source, backend=cfg.export.backend, runs=cfg.export.runs, warmup=cfg.export.warmup,
+                                 threads=cfg.export.threads).median_ms
+            result["pruned"].update(latency_p50_ms=ms, speedup=fp32_ms / ms)
+    if c.quantize:
+        from nasforge.quantize import QuantConfig, quantize
+
+        int8 = comp / "model.int8.onnx"
+        rep_q = quantize(source, int8, data=data, config=QuantConfig(method=c.method, calibration=c.calibration),
+                         device=_device(cfg), batches=(1,), torch_model=model if c.method == "qat" else None,
+                         qat_options={"seed": cfg.seed})
+        check, lat = rep_q.check, rep_q.latency.get("1", {})
+        result["int8"] = {
+            "onnx": "compressed/model.int8.onnx", "source": source.relative_to(folder).as_posix(),
+            "method": "qat" if rep_q.qat is not None else rep_q.method,
+            "reduce_range": rep_q.range_decision["reduce_range"], "fp32_val_acc": check["fp32_accuracy"],
+            "val_acc": check["int8_accuracy"], "test_acc": _onnx_accuracy(int8, test_x, data.test.y),
+            "rel_l2": check["rel_l2"], "simulated_rel_l2": check["simulated_rel_l2"],
+            "saturation": check["saturation"], "latency_p50_ms": lat.get("int8_ms"),
+            "speedup": fp32_ms / lat["int8_ms"] if lat.get("int8_ms") else None,
+            "speedup_vs_source": lat.get("speedup"),
+            "report": "compressed/model.int8.report.md",
+        }
+        if "pruned" in result and lat.get("fp32_ms"):
+            result["pruned"].update(latency_p50_ms=lat["fp32_ms"], speedup=fp32_ms / lat["fp32_ms"])
+    return result
 
 
 def _onnx_accuracy(path: Path, x: torch.Tensor, y: torch.Tensor) -> float:

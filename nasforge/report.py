@@ -126,6 +126,37 @@ def _fmt_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _compressed(cfg: RunConfig, summary: RunSummary) -> str:
+    """The "Compressed subnets" section (empty without a ``compress:`` stage)."""
+    subs = [s for s in summary.subnets if s.get("compressed")]
+    if not subs:
+        return ""
+    c = cfg.compress
+    fmt = lambda v, spec=".4f": "" if v is None else format(v, spec)  # noqa: E731
+    rows = []
+    for s in subs:
+        p, q = s["compressed"].get("pruned"), s["compressed"].get("int8")
+        last = q or p or {}
+        row: dict[str, Any] = {"subnet": s["subnet"], "test_acc": round(s["test_acc"], 4), "macs": f"{s['macs']:,}"}
+        if p is not None:
+            row.update(pruned_macs=f"{p['macs_after']:,}", pruned_test_acc=fmt(p["test_acc"]))
+        if q is not None:
+            row.update(int8_test_acc=fmt(q["test_acc"]), int8_rel_l2=fmt(q["rel_l2"]), saturation=q["saturation"])
+        row.update(p50_ms=fmt(last.get("latency_p50_ms")), speedup=fmt(last.get("speedup"), ".2f"))
+        rows.append(row)
+    steps = ([f"pruned to `{c.prune}` ({c.criterion}, {c.finetune_epochs} finetuning epoch(s))"] if c.prune else [])
+    steps += [f"quantized to INT8 ({c.method}, {c.calibration} calibration)"] if c.quantize else []
+    return f"""## Compressed subnets
+
+Each subnet was {" and then ".join(steps)}: files in `subnets/<k>/compressed/`.
+Accuracies are onnxruntime's on the test split; `p50_ms` is the {"INT8" if c.quantize else "pruned"} file's
+latency on `{cfg.export.backend}`, `speedup` is against the FP32 subnet's.
+
+{_fmt_table(rows, list(rows[0]))}
+
+"""
+
+
 def _markdown(cfg: RunConfig, data: DataSplits, summary: RunSummary, rows: list[dict[str, Any]]) -> str:
     last = summary.history[-1] if summary.history else {}
     t = summary.timings
@@ -144,7 +175,7 @@ def _markdown(cfg: RunConfig, data: DataSplits, summary: RunSummary, rows: list[
 - search: {len(summary.search.trials)} trials, sampler `{cfg.search.sampler}`, objectives
   {', '.join(cfg.search.objectives)}{', constraints ' + ', '.join(cfg.search.constraints) if cfg.search.constraints else ''}
 - time: data {t.get('data_s', 0):.1f} s, train {t.get('train_s', 0):.1f} s, search {t.get('search_s', 0):.1f} s,
-  export+measure {t.get('export_s', 0):.1f} s
+  export+measure {t.get('export_s', 0):.1f} s{f", compress {t['compress_s']:.1f} s" if 'compress_s' in t else ''}
 
 ## Exported subnets
 
@@ -159,7 +190,7 @@ Best test accuracy: subnet {best['subnet']} ({best['test_acc']:.4f}). Front MACs
 Hypervolume of the (val accuracy, latency) front: {summary.hypervolume:.4f} against the reference point
 (accuracy {summary.hypervolume_reference[0]}, latency {summary.hypervolume_reference[1]:.4f} ms).
 
-![Pareto front](pareto.png)
+{_compressed(cfg, summary)}![Pareto front](pareto.png)
 
 ![Training](training.png)
 

@@ -19,7 +19,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -31,7 +31,10 @@ from nasforge.nas._nni import nni_strategy
 from nasforge.nas._storage import redact_storage, resolve_storage
 from nasforge.supernets import Architecture, Supernet
 from nasforge.supernets.checkpoint import load_supernet
-from nasforge.supernets.evaluate import evaluate_arch
+from nasforge.supernets.evaluate import evaluate_arch, resize
+
+if TYPE_CHECKING:
+    from nasforge.quantize import QuantConfig
 
 __all__ = ["SearchJob", "make_subnet_evaluator", "run_search_job", "resolve_source"]
 
@@ -99,24 +102,59 @@ def _recorded_data(folder: Path) -> tuple[str | None, int | None]:
 
 def make_subnet_evaluator(net: Supernet, data: DataSplits, *, calib_images: int = 500, latency: bool = False,
                           latency_runs: int = 50, latency_warmup: int = 10, scratch: Path | None = None,
-                          backend: str = "ort-cpu", threads: int = 1) -> Callable[[Architecture], dict[str, float]]:
-    """Architecture -> ``accuracy`` (validation split, after BN recalibration on ``calib_images`` training
-    images), ``macs``, ``params`` and, with ``latency``, ``latency_ms``: the exported ONNX subnet's median on
-    ``backend`` with a short protocol (``latency_warmup`` warm-up and ``latency_runs`` timed runs)."""
+                          backend: str = "ort-cpu", threads: int = 1, int8: bool = False,
+                          int8_config: QuantConfig | None = None) -> Callable[[Architecture], dict[str, float]]:
+    """Architecture -> metrics of its BN-recalibrated static subnet.
+
+    Always ``accuracy`` (validation split, after BN recalibration on ``calib_images`` training images), ``macs``
+    and ``params``. With ``latency``, ``latency_ms``: the exported ONNX subnet's median on ``backend`` with a short
+    protocol (``latency_warmup`` warm-up and ``latency_runs`` timed runs).
+
+    With ``int8`` (quantize-in-the-loop), the same temporary ONNX export is also quantized to INT8 with
+    ``int8_config`` (default: static, MinMax, per-channel), calibrated on up to 128 training images resized to
+    the subnet's resolution, and the metrics get ``int8_accuracy``: top-1 of the INT8 file in onnxruntime (CPU)
+    on the validation images the FP32 ``accuracy`` uses. ``int8_latency_ms`` (the INT8 file's median on
+    ``backend``, same protocol) is measured only when both ``int8`` and ``latency`` are on. ``reduce_range`` is
+    decided once, here, from this machine's CPU (:func:`nasforge.quantize.decide_range`), not per trial.
+    """
     calib = data.train.x[:calib_images]
+    qcfg: QuantConfig | None = None
+    reduce_range = False
+    if int8:
+        from nasforge.quantize import QuantConfig, decide_range
+
+        qcfg = int8_config or QuantConfig(method="static")
+        reduce_range = decide_range(qcfg, None, None).reduce_range
+        int8_calib = data.train.x[: min(128, qcfg.calib_samples)]
+        val_y = data.val.y.numpy()
 
     def evaluate(arch: Architecture) -> dict[str, float]:
         acc, sub = evaluate_arch(net, arch, calib, data.val.x, data.val.y, calib_images)
         metrics = {"accuracy": acc, "macs": float(net.macs(arch)), "params": float(net.params(arch))}
-        if latency:
-            from nasforge.export import export_onnx, measure_latency
+        if not (latency or int8):
+            return metrics
+        from nasforge.export import export_onnx, measure_latency
 
-            with tempfile.TemporaryDirectory(dir=scratch) as tmp:
-                path = Path(tmp) / "trial.onnx"
-                export_onnx(sub, torch.zeros(1, *net.input_shape(arch)), path, exporter="torchscript", atol=1e-3)
-                lat = measure_latency(path, backend=backend, runs=latency_runs, warmup=latency_warmup, threads=threads,
-                                      max_remeasure=1)
-            metrics["latency_ms"] = lat.median_ms
+        def median_ms(path: Path) -> float:
+            return measure_latency(path, backend=backend, runs=latency_runs, warmup=latency_warmup, threads=threads,
+                                   max_remeasure=1).median_ms
+
+        with tempfile.TemporaryDirectory(dir=scratch) as tmp:
+            path = Path(tmp) / "trial.onnx"
+            export_onnx(sub, torch.zeros(1, *net.input_shape(arch)), path, exporter="torchscript", atol=1e-3)
+            if latency:
+                metrics["latency_ms"] = median_ms(path)
+            if qcfg is not None:
+                from nasforge.quantize import quantize_onnx, run_onnx
+
+                r = net.resolution(net.space.canonical(arch))
+                int8_path = Path(tmp) / "trial.int8.onnx"
+                quantize_onnx(path, int8_path, qcfg, reduce_range=reduce_range,
+                              calib_x=resize(int8_calib, r).numpy())
+                out = run_onnx(int8_path, resize(data.val.x, r).numpy(), threads=threads)
+                metrics["int8_accuracy"] = float((out.argmax(1) == val_y).mean())
+                if latency:
+                    metrics["int8_latency_ms"] = median_ms(int8_path)
         return metrics
 
     return evaluate
@@ -130,9 +168,10 @@ def _worker(job: SearchJob, worker: int) -> SearchResult:
     wanted = " ".join(job.objectives + job.constraints)
     cost_fns: dict[str, Callable[[Architecture], float]] = {"macs": net.macs, "params": net.params}
     table_fn = _table_latency(job, net)
-    evaluate = make_subnet_evaluator(net, data, calib_images=job.calib_images,
-                                     latency="latency" in wanted and table_fn is None, latency_runs=job.latency_runs,
-                                     scratch=Path(job.out))
+    # a latency table predicts FP32 latency_ms only: int8_latency_ms is measured (latency_ms too, then overridden)
+    measure = ("latency" in wanted and table_fn is None) or "int8_latency" in wanted
+    evaluate = make_subnet_evaluator(net, data, calib_images=job.calib_images, latency=measure,
+                                     latency_runs=job.latency_runs, scratch=Path(job.out), int8="int8" in wanted)
     if table_fn is not None:  # latency_ms from the device's latency table instead of measuring every trial
         cost_fns["latency_ms"] = table_fn
         measured = evaluate
