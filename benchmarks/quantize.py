@@ -1,0 +1,126 @@
+"""Benchmark: INT8 vs FP32 on this CPU (onnxruntime, 1 thread), batch 1 and 32, with the saturation check.
+
+Models: (a) the subnets exported by the default `nasforge run` on digits (mbv3-small, 8-16 px; the run is cached
+in --run and resumed), (b) a wider exported model, ResNet-20 (16/32/64 channels) trained on 32-px shapes
+(cached in --workdir). Each is quantized three ways: per-channel weights with reduce_range (what nasforge picks on
+a CPU without VNNI), per-channel at full 8-bit range, and per-tensor at full range. For every variant: validation
+accuracy of FP32 and INT8 (test accuracy too), relative L2 error against FP32 and against simulated quantization,
+the saturation flag, and p50 latency of FP32 and INT8 measured alternately in this process.
+
+    python benchmarks/quantize.py [--run DIR] [--workdir DIR] [--runs N] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from nasforge.config import RunConfig
+from nasforge.data import load_data
+from nasforge.devices import Device
+from nasforge.export import environment_fingerprint, export_onnx
+from nasforge.pipeline import run_pipeline
+from nasforge.progress import ProgressReporter
+from nasforge.prune_job import trained_family
+from nasforge.quantize import QuantConfig, fit_inputs, quantize, run_onnx
+
+VARIANTS = {
+    "per-channel + reduce_range (auto)": QuantConfig(method="static"),
+    "per-channel, full range": QuantConfig(method="static", reduce_range=False),
+    "per-tensor, full range": QuantConfig(method="static", per_channel=False, reduce_range=False),
+}
+
+
+def _subnets(run: Path, quick: bool) -> tuple[list[tuple[str, Path]], Any]:
+    cfg = RunConfig().with_overrides(export__dynamic_batch=True)
+    if quick:
+        cfg = cfg.with_overrides(train__epochs=1, search__trials=4, export__max_subnets=2)
+    done = (run / "summary.json").is_file() or (run / "report.md").is_file()
+    if not done:
+        run_pipeline(cfg, run, resume=(run / "config.yaml").is_file(), reporter=ProgressReporter())
+    data = load_data(cfg.data.spec, image_size=cfg.data.image_size, seed=cfg.seed,
+                     val_fraction=cfg.data.val_fraction, test_fraction=cfg.data.test_fraction)
+    folders = sorted((run / "subnets").iterdir(), key=lambda p: int(p.name))
+    return [(f"mbv3-small subnet {p.name}", p / "model.onnx") for p in folders], data
+
+
+def _resnet(workdir: Path, epochs: int, quick: bool) -> tuple[list[tuple[str, Path]], Any]:
+    data = load_data("shapes?n=600&classes=4" if quick else "shapes?n=5000&classes=8&difficulty=0.9",
+                     image_size=32, seed=0)
+    net = trained_family("resnet20?widths=[16,32,64]", data, 1, 1 if quick else epochs, workdir, 0)[0]
+    path = workdir / f"resnet20-w16-{data.name}-e{epochs}.onnx"
+    export_onnx(net, data.val.x[:1], path, exporter="torchscript", dynamic_batch=True,
+                check_inputs=[data.val.x[:8]], metadata={"dataset": data.spec})
+    return [("ResNet-20 16/32/64 (shapes, 32 px)", path)], data
+
+
+def _test_accuracy(path: Path, data: Any) -> float:
+    from nasforge.export._onnx_io import load_onnx, single_input_spec
+
+    dims = single_input_spec(load_onnx(path, check=False), path).dims
+    out = run_onnx(path, fit_inputs(data.test.x, dims))
+    return float((out.argmax(1) == data.test.y.numpy()).mean())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", type=Path, default=Path("benchmarks/results/quantize-run"))
+    ap.add_argument("--workdir", type=Path, default=Path("benchmarks/results/quantize-networks"))
+    ap.add_argument("--epochs", type=int, default=8, help="training epochs of the ResNet-20")
+    ap.add_argument("--runs", type=int, default=100, help="timed runs per latency round")
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/quantize.json"))
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    t0 = time.time()
+    models = [_subnets(args.run, args.quick), _resnet(args.workdir, args.epochs, args.quick)]
+    print(f"models ready ({time.time() - t0:.0f} s)", flush=True)
+    device = Device(name="bench", backend="ort-cpu", threads=1, runs=args.runs, warmup=20)
+    rows: list[dict[str, Any]] = []
+    scratch = args.workdir / "int8"
+    for group, data in models:
+        for name, fp32 in group:
+            fp32_test = _test_accuracy(fp32, data)
+            for variant, config in VARIANTS.items():
+                int8 = scratch / f"{fp32.parent.name}-{fp32.stem}-{len(rows)}.onnx"
+                rep = quantize(fp32, int8, data=data, config=config, device=device, batches=(1, 32))
+                row = {"model": name, "variant": variant, "reduce_range": rep.range_decision["reduce_range"],
+                       **{k: rep.check[k] for k in ("fp32_accuracy", "int8_accuracy", "accuracy_drop", "rel_l2",
+                                                     "simulated_rel_l2", "saturation")},
+                       "fp32_test": fp32_test, "int8_test": _test_accuracy(int8, data),
+                       **{f"{k}_b{b}": v[k] for b, v in rep.latency.items() for k in ("fp32_ms", "int8_ms",
+                                                                                      "speedup")}}
+                rows.append(row)
+                print(f"{name} | {variant}: val {row['fp32_accuracy']:.4f} -> {row['int8_accuracy']:.4f}, rel "
+                      f"{row['rel_l2']:.4f} (sim {row['simulated_rel_l2']:.4f}) sat {row['saturation']}, "
+                      f"speed-up b1 {row['speedup_b1']:.2f}x b32 {row['speedup_b32']:.2f}x "
+                      f"({time.time() - t0:.0f} s)", flush=True)
+    fp = environment_fingerprint(1)
+    result = {"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows, "seconds": time.time() - t0,
+              "cpu": fp["cpu"], "versions": fp["versions"], "machine": platform.machine()}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1))
+    print("\n| model | weights | val FP32 | val INT8 | test FP32 | test INT8 | rel L2 (sim) | saturation | b1 FP32 ms | "
+          "b1 INT8 ms | b1 speed-up | b32 FP32 ms | b32 INT8 ms | b32 speed-up |")
+    print("|" + "---|" * 14)
+    for r in rows:
+        print(f"| {r['model']} | {r['variant']} | {r['fp32_accuracy']:.4f} | {r['int8_accuracy']:.4f} | "
+              f"{r['fp32_test']:.4f} | {r['int8_test']:.4f} | {r['rel_l2']:.4f} ({r['simulated_rel_l2']:.4f}) | "
+              f"{'yes' if r['saturation'] else 'no'} | {r['fp32_ms_b1']:.3f} | {r['int8_ms_b1']:.3f} | "
+              f"{r['speedup_b1']:.2f}x | {r['fp32_ms_b32']:.3f} | {r['int8_ms_b32']:.3f} | {r['speedup_b32']:.2f}x |")
+    auto = [r for r in rows if r["variant"].endswith("(auto)")]
+    geo = {b: float(np.exp(np.mean([np.log(r[f"speedup_b{b}"]) for r in auto]))) for b in (1, 32)}
+    print(f"\nauto variant: geometric-mean speed-up b1 {geo[1]:.2f}x, b32 {geo[32]:.2f}x; worst accuracy drop "
+          f"{max(r['accuracy_drop'] for r in auto):.4f}; saturation flagged: "
+          f"{sum(r['saturation'] for r in auto)} of {len(auto)} ({time.time() - t0:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
