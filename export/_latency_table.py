@@ -128,10 +128,25 @@ class LatencyTable:
         else:
             coef, *_ = np.linalg.lstsq(x, y, rcond=None)
             a, b, c = (float(v) for v in coef)
+            if not self._positive_everywhere(net, archs, (a, b, c)):
+                # a noisy 3-term fit can extrapolate below zero for some subnets: drop the segment-count term
+                coef, *_ = np.linalg.lstsq(x[:, [0, 2]], y, rcond=None)
+                a, b, c = float(coef[0]), 0.0, float(coef[1])
+        if not self._positive_everywhere(net, archs, (a, b, c)):  # last resort: proportional to the sum
+            a, b, c = float(np.dot(x[:, 0], y) / max(float(np.dot(x[:, 0], x[:, 0])), 1e-12)), 0.0, 0.0
         counts = np.array([n for _, n in sums], dtype=np.float64)
         pred = np.maximum(0.0, a * x[:, 0] + b * counts + c)
         self.correction = {"a": a, "b": b, "c": c, "n": float(len(archs)),
                            "fit_mape": float(np.mean(np.abs(pred - y) / np.maximum(y, 1e-9)))}
+
+    def _positive_everywhere(self, net: Supernet, archs: Sequence[Architecture], coef: tuple[float, float, float],
+                             probes: int = 64) -> bool:
+        """Whether the correction ``coef`` predicts a positive latency for the fit subnets, the space's corners and
+        ``probes`` sampled subnets."""
+        space = net.space
+        candidates = [*archs, space.smallest(), space.largest(), *(space.sample(i) for i in range(probes))]
+        a, b, c = coef
+        return all(a * s + b * n + c > 0 for s, n in (self.segment_sum(net, arch) for arch in candidates))
 
     # -- persistence -------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
