@@ -65,11 +65,11 @@ def _batches(text: str) -> tuple[int, ...]:
     return values
 
 
-def _image_size(model: Path) -> int | None:
+def _image_size(proto: Any, model: Path) -> int | None:
     """The square image side of an image model's input (the data is loaded at it), else None."""
-    from nasforge.export._onnx_io import load_onnx, single_input_spec
+    from nasforge.export._onnx_io import single_input_spec
 
-    dims = single_input_spec(load_onnx(model, check=False), model).dims
+    dims = single_input_spec(proto, model).dims
     return dims[-1] if len(dims) == 4 and isinstance(dims[-1], int) and dims[-1] == dims[-2] else None
 
 
@@ -91,7 +91,6 @@ def infer_qat_source(model: Path) -> str:
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
     from nasforge.data import load_data
-    from nasforge.export import read_metadata
     from nasforge.quantize import QuantConfig, quantize
     from nasforge.quantize._ort import ensure_onnx_path
 
@@ -103,11 +102,12 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
                          reduce_range={"auto": None, "on": True, "off": False}[args.reduce_range],
                          activation_type=args.activation_type, target=args.target)
     batches = _batches(args.batch)
-    model = ensure_onnx_path(args.model)
-    spec = args.data or read_metadata(model).get("dataset")
+    model = Path(args.model)
+    proto = ensure_onnx_path(model)
+    spec = args.data or {p.key: p.value for p in proto.metadata_props}.get("dataset")
     data = None
     if spec:
-        data = load_data(spec, image_size=_image_size(model), seed=args.seed)
+        data = load_data(spec, image_size=_image_size(proto, model), seed=args.seed)
     elif config.method != "dynamic":
         raise ConfigError(f"{model} records no dataset and --data is missing; pass --data SPEC (the task's data "
                           "calibrates the activation ranges), or --method dynamic")

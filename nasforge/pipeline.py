@@ -9,7 +9,6 @@ are cheap and overwrite atomically).
 from __future__ import annotations
 
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -303,20 +302,6 @@ def _device(cfg: RunConfig) -> Any:
                   runs=cfg.export.runs, warmup=cfg.export.warmup)
 
 
-def _latency_fn(cfg: RunConfig, shape: tuple[int, ...]) -> Callable[[torch.nn.Module], float]:
-    """``model -> p50 ms`` on ``export.backend`` (for a ``latency_ms=`` pruning target)."""
-
-    def measure(model: torch.nn.Module) -> float:
-        with tempfile.TemporaryDirectory(prefix="nasforge-compress-") as tmp:
-            path = Path(tmp) / "model.onnx"
-            export_onnx(model.eval(), torch.zeros(1, *shape), path, exporter="torchscript", atol=1e-3)
-            return measure_latency(path, backend=cfg.export.backend, runs=cfg.export.runs, warmup=cfg.export.warmup,
-                                   threads=cfg.export.threads).median_ms
-
-    measure.device_name = cfg.export.backend  # type: ignore[attr-defined]
-    return measure
-
-
 def _compress_one(cfg: RunConfig, net: Supernet, data: DataSplits, folder: Path, row: dict[str, Any],
                   ckpt_hash: str) -> dict[str, Any]:
     c = cfg.compress
@@ -332,10 +317,12 @@ def _compress_one(cfg: RunConfig, net: Supernet, data: DataSplits, folder: Path,
     if c.prune is not None:
         from nasforge.prune import make_loss_fn, parse_target, prune, save_pruned, train_classifier
         from nasforge.prune._criteria import get_criterion
+        from nasforge.prune._latency import device_latency
 
         train = Split(resize(data.train.x, r), data.train.y)
         shape = tuple(net.input_shape(arch))
-        latency = _latency_fn(cfg, shape) if parse_target(c.prune).kind == "latency_ms" else None
+        latency = (device_latency(_device(cfg), torch.zeros(1, *shape))
+                   if parse_target(c.prune).kind == "latency_ms" else None)
         loss_fn = make_loss_fn(train, seed=cfg.seed) if get_criterion(c.criterion).needs_grad else None
         model, rep = prune(model, resize(data.val.x[:2], r), target=c.prune, criterion=c.criterion,
                            round_to=c.round_to, latency=latency, loss_fn=loss_fn)
@@ -387,17 +374,9 @@ def _compress_one(cfg: RunConfig, net: Supernet, data: DataSplits, folder: Path,
 
 def _onnx_accuracy(path: Path, x: torch.Tensor, y: torch.Tensor) -> float:
     """Top-1 accuracy of the exported model in onnxruntime (what actually ships)."""
-    import onnxruntime as ort
+    from nasforge.quantize import run_onnx
 
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    inp = sess.get_inputs()[0]
-    fixed = isinstance(inp.shape[0], int)
-    batch = 1 if fixed and inp.shape[0] == 1 else 64
-    preds = []
-    xs = x.numpy().astype(np.float32)
-    for i in range(0, len(xs), batch):
-        preds.append(sess.run(None, {inp.name: xs[i : i + batch]})[0].argmax(1))
-    return float((np.concatenate(preds) == y.numpy()).mean())
+    return float((run_onnx(path, x.numpy().astype(np.float32), batch=64).argmax(1) == y.numpy()).mean())
 
 
 def _mark_front(summary: RunSummary) -> None:

@@ -5,16 +5,21 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+if TYPE_CHECKING:
+    from nasforge.devices import Device
+
 __all__ = ["device_latency"]
 
 
-def device_latency(device: str, example: torch.Tensor, *, runs: int | None = None,
+def device_latency(device: str | Device, example: torch.Tensor, *, runs: int | None = None,
                    devices_file: str | Path | None = None) -> Callable[[nn.Module], float]:
-    """``f(model) -> p50 ms`` on ``device`` (a name from ``devices.yaml`` or a built-in such as ``cpu``).
+    """``f(model) -> p50 ms`` on ``device`` (a name from ``devices.yaml``, a built-in such as ``cpu``, or a
+    :class:`~nasforge.devices.Device`).
 
     ONNX-file backends (ort-*, tensorrt, remote) get a parity-checked export at the device's batch size;
     ``torch-cpu`` measures the module itself.
@@ -24,7 +29,7 @@ def device_latency(device: str, example: torch.Tensor, *, runs: int | None = Non
     """
     from nasforge.devices import get_device
 
-    dev = get_device(device, devices_file)
+    dev = get_device(device, devices_file) if isinstance(device, str) else device
     shape = (dev.batch, *example.shape[1:])
     options = dev.measure_options()
     if runs is not None:
@@ -46,5 +51,5 @@ def device_latency(device: str, example: torch.Tensor, *, runs: int | None = Non
         finally:
             model.train(was)
 
-    measure.device_name = device  # type: ignore[attr-defined]
+    measure.device_name = dev.name  # type: ignore[attr-defined]
     return measure

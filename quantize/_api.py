@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from nasforge.errors import ConfigError, ExportError
-from nasforge.export._onnx_io import load_onnx, single_input_spec
+from nasforge.export._onnx_io import single_input_spec
 from nasforge.io import atomic_write_json, atomic_write_text
 
 from ._capabilities import RangeDecision, choose_reduce_range, device_fingerprint
@@ -78,6 +78,8 @@ class QuantReport:
                     "training samples" if self.method == "static" else ""),
                  f"- weights: {'per-channel' if self.settings.get('per_channel') else 'per-tensor'}, "
                  f"reduce_range={self.range_decision['reduce_range']} ({self.range_decision['reason']})",
+                 f"- compute nodes quantized: {self.settings.get('quantized_nodes')}, left in float: "
+                 f"{self.settings.get('float_nodes')}",
                  f"- device: {self.device.get('name', '?')} ({self.device.get('backend', '?')})", "",
                  "| check | FP32 | INT8 | simulated INT8 |", "|---|---|---|---|"]
         fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
@@ -145,16 +147,15 @@ def decide_range(config: QuantConfig, device: Device | None, fingerprint: dict[s
     return choose_reduce_range(fingerprint, backend=backend)
 
 
-def _measure(device: Device, fp32: Path, int8: Path, batches: Sequence[int], dynamic: bool,
-             fixed: int | None) -> dict[str, dict[str, float]]:
-    """p50 of both files per batch, measured alternately (FP32, INT8, FP32, INT8) and the better round kept."""
+def _measure(device: Device, fp32: Path, int8: Path, batches: Sequence[int],
+             batch_dim: int | None) -> dict[str, dict[str, float]]:
+    """p50 of both files per batch (only batches the file can run: any for a dynamic ``batch_dim``), measured
+    alternately (FP32, INT8, FP32, INT8) with the better round kept."""
     profiler = device.profiler()
     opts = device.measure_options()
     out: dict[str, dict[str, float]] = {}
     for b in batches:
-        if fixed is not None and b != fixed:
-            continue
-        if not dynamic and fixed is None and b != 1:
+        if batch_dim is not None and b != batch_dim:
             continue
         best = {"fp32_ms": float("inf"), "int8_ms": float("inf")}
         for _ in range(2):
@@ -208,12 +209,12 @@ def quantize(
     started = time.perf_counter()
     config = config or QuantConfig()
     say = log or (lambda _msg: None)
-    src, dst = ensure_onnx_path(model), Path(out)
+    src, dst = Path(model), Path(out)
+    proto = ensure_onnx_path(src)
     if dst.suffix != ".onnx":
         raise ConfigError(f"--out {dst} should be an .onnx file (e.g. model.int8.onnx)")
     if dst.resolve() == src.resolve():
         raise ConfigError(f"--out {dst} is the input file; write the INT8 model to another file")
-    proto = load_onnx(src, check=False)
     spec = single_input_spec(proto, src)
     if config.method in ("static", "qat") and data is None:
         raise ConfigError(f"--method {config.method} needs calibration data; pass --data SPEC (the task's dataset)")
@@ -250,8 +251,7 @@ def quantize(
     latency: dict[str, dict[str, float]] = {}
     if dev is not None:
         say(f"measuring FP32 and INT8 on {dev.name} ...")
-        fixed = spec.dims[0] if isinstance(spec.dims[0], int) and spec.dims[0] > 1 else None
-        latency = _measure(dev, src, dst, batches, spec.dims[0] is None, fixed)
+        latency = _measure(dev, src, dst, batches, spec.dims[0])
     trt = None
     if config.target == "tensorrt":
         from ._trt import tensorrt_plans, tensorrt_qdq_problems

@@ -116,8 +116,8 @@ def quantize_onnx(src: str | Path, dst: str | Path, config: QuantConfig, *, redu
         out = load_onnx(staged, check=False)
         _copy_metadata(model, out, settings)
         atomic_write(dst, lambda fh: fh.write(out.SerializeToString()))
-    counts = _count_nodes(out)
-    return OrtQuantization(dst, method, reduce_range, counts[0], counts[1], settings)
+    settings["quantized_nodes"], settings["float_nodes"] = _count_nodes(out)
+    return OrtQuantization(dst, method, reduce_range, settings["quantized_nodes"], settings["float_nodes"], settings)
 
 
 def _copy_metadata(src: Any, out: Any, settings: dict[str, Any]) -> None:
@@ -151,8 +151,8 @@ def _count_nodes(model: Any) -> tuple[int, int]:
     return quantized, float_
 
 
-def ensure_onnx_path(path: str | Path) -> Path:
-    """``path`` if it names an existing ONNX file; else a one-line error that says what was expected.
+def ensure_onnx_path(path: str | Path) -> Any:
+    """The checked ``ModelProto`` of the ONNX file ``path``; else a one-line error that says what was expected.
 
     Raises:
         ExportError: missing file, or not an ONNX model (e.g. a PyTorch checkpoint).
@@ -165,5 +165,4 @@ def ensure_onnx_path(path: str | Path) -> Path:
     if head[:2] == b"PK":
         raise ExportError(f"'{path}' is a PyTorch checkpoint (zip), not an ONNX file; export it first "
                           "(nasforge export / nasforge prune write model.onnx)")
-    load_onnx(path, check=True)
-    return path
+    return load_onnx(path, check=True)

@@ -87,7 +87,7 @@ def prepare_qat(model: nn.Module, *, per_channel: bool = True, reduce_range: boo
     for module in work.modules():
         if isinstance(module, _LAYERS):
             parametrize.register_parametrization(module, "weight", _WeightFakeQuant(per_channel, qmax))
-            module.register_forward_pre_hook(_ActFakeQuant())
+            module._nasforge_qat_hook = module.register_forward_pre_hook(_ActFakeQuant())  # type: ignore[assignment]
             count += 1
     if count == 0:
         raise ConfigError("the model has no Conv/Linear layer to quantize")
@@ -99,7 +99,8 @@ def strip_qat(model: nn.Module) -> nn.Module:
     for module in model.modules():
         if isinstance(module, _LAYERS) and parametrize.is_parametrized(module, "weight"):
             parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
-            module._forward_pre_hooks.clear()
+            module._nasforge_qat_hook.remove()  # type: ignore[operator]
+            del module._nasforge_qat_hook
     return model
 
 

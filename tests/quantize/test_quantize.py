@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import platform
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,11 @@ from nasforge.quantize import (
 
 X86 = {"machine": "x86_64", "cpu": {"model": "Some x86", "flags": ["sse4_2", "avx", "avx2", "fma"]}}
 THIS_CPU = environment_fingerprint(1)
-THIS_X86_WITHOUT_VNNI = (choose_reduce_range(THIS_CPU).reduce_range)
+_RAW_FLAGS = set(next((line.partition(":")[2].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                       if line.startswith("flags")), [])) if Path("/proc/cpuinfo").is_file() else set()
+# from /proc/cpuinfo directly, not through nasforge's decision
+THIS_X86_WITHOUT_VNNI = (platform.machine().lower() in ("x86_64", "amd64")
+                         and not _RAW_FLAGS & {"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
 def _ops(path: Path) -> set[str]:
@@ -55,7 +60,8 @@ def test_reduce_range_auto_explicit_and_tensorrt() -> None:
     assert decide_range(QuantConfig(target="tensorrt"), None, X86).reduce_range is False
     # this machine: decided from its own /proc/cpuinfo flags
     here = decide_range(QuantConfig(), None, None)
-    assert here.reduce_range == (not has_vnni(THIS_CPU["cpu"]["flags"]) and THIS_X86_WITHOUT_VNNI)
+    assert here.reduce_range is THIS_X86_WITHOUT_VNNI
+    assert has_vnni(THIS_CPU["cpu"]["flags"]) is bool(_RAW_FLAGS & {"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
 def test_bad_configs_are_one_line_errors() -> None:
