@@ -51,7 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "(SortedNet), sandwich (BigNAS) or full (the largest model alone); trainer options go "
                             "through --set, e.g. --set shrink_point=0.5 --set ramp_epochs=5 (deps), --set g_acc=4 "
                             "--set sampling=uniform (sorted)")
-    train.add_argument("--data", default="digits", help="dataset spec: digits, shapes, cifar10:DIR, folder:DIR")
+    train.add_argument("--data", default="digits",
+                       help="dataset spec: digits, shapes, cifar10:DIR, folder:DIR (class sub-folders, streamed), "
+                            "imagenet:DIR (train/ and val/ of class folders, streamed)")
     train.add_argument("--out", type=Path, help="run folder (default: runs/train-<timestamp>)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--scale", type=float, dest="schedule_scale",
@@ -64,8 +66,18 @@ def build_parser() -> argparse.ArgumentParser:
                        help="split each batch into this many gradient-accumulation chunks")
     train.add_argument("--image-size", type=int, help="stored image size (default: the space's largest resolution)")
     train.add_argument("--device", default="auto", help="auto (default), cpu, cuda")
+    train.add_argument("--precision", help="fp32 (default), bf16 or fp16 (autocast; fp16 with a gradient scaler)")
+    train.add_argument("--workers", type=int,
+                       help="image-file data: loader worker processes per training process (default: from the CPUs)")
+    train.add_argument("--max-bad-images", type=int, default=100,
+                       help="image-file data: unreadable images skipped (and counted) before the run stops (100)")
+    train.add_argument("--init", help="start from these weights: a nasforge checkpoint or a Once-for-All state_dict "
+                                      "(e.g. the published ofa_D4_E6_K7 teacher)")
+    train.add_argument("--phases", help="ps: run only these phases, e.g. kernel,depth-1 or 2-6 (names: teacher, "
+                                        "kernel, depth-1, depth-2, expand-1, expand-2)")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="any other training option, e.g. --set weight_decay=1e-4 (repeatable)")
+                       help="any other training option, e.g. --set weight_decay=1e-4 (repeatable); augmentation "
+                            "of image-file data: --set augment=light or --set augment.scale=[0.35,1]")
     train.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
     train.add_argument("--quiet", action="store_true", help="no progress output")
     train.set_defaults(func=_cmd_train)
@@ -156,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     agent_token.set_defaults(func=_cmd_agent_token)
     agent.set_defaults(func=lambda args: _usage(agent))
 
+    from nasforge.cli_data import add_commands as add_data_commands
     from nasforge.cli_deploy import add_commands
     from nasforge.cli_prune import add_commands as add_prune_commands
     from nasforge.cli_quantize import add_commands as add_quantize_commands
@@ -163,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_commands(sub, common)
     add_prune_commands(sub, common)
     add_quantize_commands(sub, common)
+    add_data_commands(sub, common)
     return parser
 
 
@@ -211,13 +225,29 @@ def _parse_sets(items: Sequence[str]) -> dict[str, Any]:
     return values
 
 
+def _augment_from(values: dict[str, Any]) -> dict[str, Any]:
+    """Take ``augment=PRESET`` and ``augment.KEY=VALUE`` out of ``--set`` values."""
+    augment: dict[str, Any] = {}
+    for key in [k for k in values if k == "augment" or k.startswith("augment.")]:
+        value = values.pop(key)
+        if key == "augment":
+            if isinstance(value, dict):
+                augment.update(value)
+            else:
+                augment["preset"] = value
+        else:
+            augment[key.split(".", 1)[1]] = value
+    return augment
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     import os
 
     from nasforge.train import train_supernet
 
     hyper = _parse_sets(args.set)
-    for key in ("schedule_scale", "lr_scale", "epochs", "lr", "batch_size", "micro_batches"):
+    augment = _augment_from(hyper)
+    for key in ("schedule_scale", "lr_scale", "epochs", "lr", "batch_size", "micro_batches", "precision", "phases"):
         if getattr(args, key) is not None:
             hyper[key] = getattr(args, key)
     if args.out is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -225,7 +255,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     out = args.out or Path("runs") / time.strftime("train-%Y%m%d-%H%M%S")
     result = train_supernet(args.space, data=args.data, out=out, trainer=args.trainer, seed=args.seed,
                             image_size=args.image_size, device=args.device, resume=args.resume,
-                            progress=not args.quiet, **hyper)
+                            progress=not args.quiet, init=args.init, augment=augment, workers=args.workers,
+                            max_bad_images=args.max_bad_images, **hyper)
     if int(os.environ.get("RANK", "0")) == 0 and result.history:
         last = result.history[-1]
         print(f"trained {args.space} ({args.trainer}) in {result.out}: {len(result.history)} epoch(s), final "

@@ -35,12 +35,36 @@ SCHEMA_VERSION = 1
 
 @dataclass(frozen=True)
 class DataSection:
-    """Which data to train and evaluate on (see :func:`nasforge.data.load_data`)."""
+    """Which data to train and evaluate on (see :func:`nasforge.data.load_data`).
+
+    ``augment`` (image-file data such as ``folder:DIR`` / ``imagenet:DIR``): the augmentation recipe,
+    :class:`nasforge.data.AugmentRecipe` fields or ``preset: ofa|light|none``; ``workers``: loader worker
+    processes (``null``: from the CPU count); ``max_bad_images``: unreadable images skipped before the run stops.
+    """
 
     spec: str = "digits"
     image_size: int | None = 16
     val_fraction: float = 0.2
     test_fraction: float = 0.2
+    augment: dict[str, Any] = field(default_factory=dict)
+    workers: int | None = None
+    max_bad_images: int = 100
+
+    def __post_init__(self) -> None:
+        from nasforge.data import AugmentRecipe, LoaderOptions
+        from nasforge.errors import DataError
+
+        try:
+            AugmentRecipe.from_dict(self.augment)
+            LoaderOptions(workers=self.workers, max_bad_images=self.max_bad_images)
+        except DataError as exc:
+            raise ConfigError(str(exc)) from None
+
+    def loading(self) -> Any:
+        """The :class:`nasforge.data.LoaderOptions` of this section."""
+        from nasforge.data import LoaderOptions
+
+        return LoaderOptions(workers=self.workers, max_bad_images=self.max_bad_images)
 
 
 @dataclass(frozen=True)
@@ -229,7 +253,7 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
     """Check ``value`` against the type of the field's default (None-able fields accept None)."""
     if value is None and (default is None or key in _NULLABLE):
         return None
-    expected = type(default) if default is not None else (str if key in _NULLABLE else type(value))
+    expected = type(default) if default is not None else _NULLABLE.get(key, type(value))
     if expected is bool:
         ok = isinstance(value, bool)
     elif expected is int:
@@ -250,7 +274,8 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
     return value
 
 
-_NULLABLE = {"data.image_size", "search.storage", "compress.prune"}
+_NULLABLE: dict[str, type] = {"data.image_size": int, "data.workers": int, "search.storage": str,
+                              "compress.prune": str}
 _TYPE_NAMES = {bool: "true/false", int: "an integer", float: "a number", tuple: "a list of strings",
                dict: "a mapping", str: "a string"}
 

@@ -173,8 +173,8 @@ def export_subnet(
                           f"{net.input_shape(chosen)[0]}")
     r = net.resolution(chosen)
     torch.manual_seed(seed)
-    sub = calibrated_subnet(net, chosen, splits.train.x[:calib_images], calib_images)
-    val = resize(splits.val.x[:real_inputs], r)
+    sub = calibrated_subnet(net, chosen, splits.train.head(calib_images), calib_images)
+    val = resize(splits.val.head(real_inputs), r)
     checks = [val[i : i + 1] for i in range(len(val))]
     if dynamic_batch and len(val) > 1:
         checks.append(val)

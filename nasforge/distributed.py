@@ -88,6 +88,12 @@ class DistContext:
         dist.all_reduce(t)
         return float(t.item()) / self.world_size
 
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` summed over ranks (in place; itself in one process)."""
+        if self.is_distributed:
+            dist.all_reduce(tensor)
+        return tensor
+
     def barrier(self) -> None:
         if self.is_distributed:
             dist.barrier()

@@ -89,7 +89,8 @@ def run_pipeline(cfg: RunConfig, out: str | Path, *, resume: bool = False,
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     data = load_data(cfg.data.spec, image_size=cfg.data.image_size, seed=cfg.seed,
-                     val_fraction=cfg.data.val_fraction, test_fraction=cfg.data.test_fraction)
+                     val_fraction=cfg.data.val_fraction, test_fraction=cfg.data.test_fraction,
+                     augment=cfg.data.augment, loading=cfg.data.loading())
     timings["data_s"] = time.perf_counter() - t0
     check_supernet(cfg, data)
     # Written only once the config, data and supernet are known to be good, so a typo leaves no half-made run behind.
@@ -236,9 +237,9 @@ def _subnet_metadata(cfg: RunConfig, data: DataSplits, arch: Architecture, r: in
 def _export_subnet(cfg: RunConfig, data: DataSplits, model: torch.nn.Module, r: int, path: Path,
                    metadata: dict[str, str]) -> Any:
     """Export with the run's ONNX settings, parity-checked on real validation images."""
-    real = [resize(data.val.x[:1], r), resize(data.val.x[1:2], r)]
+    real = [resize(data.val.head(1), r), resize(data.val.head(2)[1:2], r)]
     if cfg.export.dynamic_batch:
-        real.append(resize(data.val.x[:16], r))
+        real.append(resize(data.val.head(16), r))
     return export_onnx(model, real[0], path, opset=cfg.export.opset, dynamic_batch=cfg.export.dynamic_batch,
                        metadata=metadata, check_inputs=real, atol=cfg.export.atol, exporter=cfg.export.exporter)
 
@@ -247,7 +248,7 @@ def _export_one(cfg: RunConfig, net: Supernet, data: DataSplits, folder: Path, r
                 ckpt_hash: str) -> dict[str, Any]:
     arch = net.space.canonical(rec.arch)
     r = net.resolution(arch)
-    sub = calibrated_subnet(net, arch, data.train.x[: cfg.search.calib_images], cfg.search.calib_images)
+    sub = calibrated_subnet(net, arch, data.train.head(cfg.search.calib_images), cfg.search.calib_images)
     metadata = _subnet_metadata(cfg, data, arch, r, ckpt_hash)
     exported = _export_subnet(cfg, data, sub, r, folder / "model.onnx", metadata)
     test_acc = _onnx_accuracy(folder / "model.onnx", resize(data.test.x, r), data.test.y)
@@ -309,7 +310,7 @@ def _compress_one(cfg: RunConfig, net: Supernet, data: DataSplits, folder: Path,
     r = int(row["resolution"])
     comp = folder / "compressed"
     comp.mkdir(parents=True, exist_ok=True)
-    model = calibrated_subnet(net, arch, data.train.x[: cfg.search.calib_images], cfg.search.calib_images)
+    model = calibrated_subnet(net, arch, data.train.head(cfg.search.calib_images), cfg.search.calib_images)
     fp32_ms = float(row["latency_ms"]["median_ms"])
     test_x = resize(data.test.x, r)
     result: dict[str, Any] = {}
@@ -324,7 +325,7 @@ def _compress_one(cfg: RunConfig, net: Supernet, data: DataSplits, folder: Path,
         latency = (device_latency(_device(cfg), torch.zeros(1, *shape))
                    if parse_target(c.prune).kind == "latency_ms" else None)
         loss_fn = make_loss_fn(train, seed=cfg.seed) if get_criterion(c.criterion).needs_grad else None
-        model, rep = prune(model, resize(data.val.x[:2], r), target=c.prune, criterion=c.criterion,
+        model, rep = prune(model, resize(data.val.head(2), r), target=c.prune, criterion=c.criterion,
                            round_to=c.round_to, latency=latency, loss_fn=loss_fn)
         if c.finetune_epochs > 0:
             train_classifier(model, train, epochs=c.finetune_epochs, lr=0.01, seed=cfg.seed)

@@ -189,7 +189,7 @@ def run_prune_job(job: PruneJob, log: Callable[[str], None] = print) -> dict[str
                          seed=job.seed)
     elif not src.trained:
         raise ConfigError(f"{job.source} has no trained weights: pass --weights FILE or --train-epochs N")
-    example = data.val.x[:2]
+    example = data.val.head(2)
     acc: dict[str, float] = {"before": evaluate_accuracy(src.model, data.val)}
     log(f"{src.description}: validation accuracy {acc['before']:.4f}")
     needs_grad = job.criterion != "gmn" and get_criterion(job.criterion).needs_grad

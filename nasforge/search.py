@@ -117,7 +117,7 @@ def make_subnet_evaluator(net: Supernet, data: DataSplits, *, calib_images: int 
     ``backend``, same protocol) is measured only when both ``int8`` and ``latency`` are on. ``reduce_range`` is
     decided once, here, from this machine's CPU (:func:`nasforge.quantize.decide_range`), not per trial.
     """
-    calib = data.train.x[:calib_images]
+    calib = data.train.head(calib_images)
     qcfg: QuantConfig | None = None
     reduce_range = False
     if int8:
@@ -125,7 +125,7 @@ def make_subnet_evaluator(net: Supernet, data: DataSplits, *, calib_images: int 
 
         qcfg = int8_config or QuantConfig(method="static")
         reduce_range = decide_range(qcfg, None, None).reduce_range
-        int8_calib = data.train.x[: min(128, qcfg.calib_samples)]
+        int8_calib = data.train.head(min(128, qcfg.calib_samples))
         val_y = data.val.y.numpy()
 
     def evaluate(arch: Architecture) -> dict[str, float]:

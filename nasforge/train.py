@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from nasforge.data import DataSplits, load_data
+from nasforge.data import AugmentRecipe, DataSplits, FileSplit, LoaderOptions, load_data
 from nasforge.distributed import init_distributed
 from nasforge.errors import ConfigError
 from nasforge.io import atomic_write_json
@@ -24,6 +25,7 @@ from nasforge.progress import ProgressReporter
 from nasforge.supernets import Supernet, create_supernet, get_supernet_entry
 from nasforge.supernets.checkpoint import load_supernet, save_checkpoint
 from nasforge.supernets.trainers import TrainConfig, Trainer, get_trainer, list_trainers
+from nasforge.supernets.trainers.resume import RESUMABLE_CHANGES
 
 __all__ = ["TrainResult", "train_supernet", "fit_with_progress", "make_train_config", "TRAINER_DEFAULTS"]
 
@@ -48,7 +50,9 @@ class TrainResult:
 def train_supernet(
     space: str, *, data: str = "digits", out: str | Path, trainer: str = "ps", seed: int = 0,
     image_size: int | None = None, supernet_options: dict[str, Any] | None = None, device: str | None = None,
-    resume: bool = False, progress: bool = True, **hyperparams: Any,
+    resume: bool = False, progress: bool = True, init: str | Path | None = None,
+    augment: Mapping[str, Any] | None = None, workers: int | None = None, max_bad_images: int = 100,
+    **hyperparams: Any,
 ) -> TrainResult:
     """Train the supernet ``space`` on the dataset ``data`` with ``trainer`` and save everything in ``out``.
 
@@ -60,6 +64,12 @@ def train_supernet(
         supernet_options: overrides of the supernet's config (``num_classes``/``in_channels`` come from the data).
         device: ``auto`` (default), ``cpu``, ``cuda``; under torchrun each rank takes its local GPU.
         resume: continue the run in ``out`` (its settings must match).
+        init: start from these weights instead of a random initialisation: a nasforge checkpoint or a state_dict
+            saved by the Once-for-All reference code (its published teachers included).
+        augment: image-file data: the augmentation recipe (:class:`nasforge.data.AugmentRecipe` fields or
+            ``preset``); recorded in ``train.json``.
+        workers: image-file data: DataLoader worker processes per training process (default: from the CPUs).
+        max_bad_images: image-file data: unreadable images tolerated (skipped and counted) before the run stops.
         hyperparams: :class:`TrainConfig` fields (``batch_size``, ``schedule_scale``, ``lr_scale``, ...) and the
             trainer's own options (e.g. ``shrink_point`` for ``deps``, ``g_acc`` for ``sorted``).
 
@@ -71,15 +81,22 @@ def train_supernet(
     if trainer not in list_trainers():
         raise ConfigError(f"unknown trainer {trainer!r}; choose one of {list_trainers()}")
     config = make_train_config(trainer, seed, hyperparams)
+    loading = LoaderOptions(workers=workers, max_bad_images=max_bad_images)
+    recipe = AugmentRecipe.from_dict(augment or {})
+    if init is not None and not Path(init).is_file():
+        raise ConfigError(f"--init {init}: no such file; pass a nasforge checkpoint or a Once-for-All state_dict")
     ctx = init_distributed(device)
+    if config.precision == "fp16" and ctx.device.type == "cpu":
+        raise ConfigError("precision 'fp16' needs a GPU (CPU autocast is bfloat16); use --precision bf16 on CPU")
     out = Path(out)
     request = {"space": space, "trainer": trainer, "data": data, "image_size": image_size,
-               "supernet_options": supernet_options or {}, "train_config": dataclasses.asdict(config)}
+               "supernet_options": supernet_options or {}, "train_config": dataclasses.asdict(config),
+               "augment": recipe.to_dict(), "init": str(init) if init is not None else None}
     _check_out(out, request, resume)
 
     probe = create_supernet(space, **(supernet_options or {}))
     size = image_size or probe.resolution(probe.space.largest())
-    splits = load_data(data, image_size=size, seed=seed)
+    splits = load_data(data, image_size=size, seed=seed, augment=recipe, loading=loading)
     options = {"num_classes": splits.num_classes, "in_channels": splits.in_channels, **(supernet_options or {})}
     final = out / "supernet.pt"
     reporter = ProgressReporter(enabled=progress and ctx.is_main)
@@ -90,6 +107,10 @@ def train_supernet(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = create_supernet(space, **options)
+    if init is not None:
+        from nasforge.supernets.warm_start import load_initial_weights
+
+        reporter.log(f"initial weights: {load_initial_weights(net, init)} from {init}")
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / "train.json", {**request, "world_size": ctx.world_size})
@@ -98,8 +119,8 @@ def train_supernet(
     phases = job.phases(net.space)
     total = sum(p.epochs for p in phases)
     reporter.log(f"training {space} with {trainer} on {data} ({len(splits.train)} images, {ctx.world_size} "
-                 f"process(es) on {ctx.device}): {len(phases)} phase(s), {total} epoch(s) - "
-                 + ", ".join(f"{p.name} {p.epochs}" for p in phases))
+                 f"process(es) on {ctx.device}, {config.precision}{_loader_text(splits, loading)}): {len(phases)} "
+                 f"phase(s), {total} epoch(s) - " + ", ".join(f"{p.name} {p.epochs}" for p in phases))
     history = fit_with_progress(job, net, splits, reporter, supernet_name=space, supernet_options=options,
                                 checkpoint_dir=out / "checkpoints", resume=resume, dist=ctx)
     net.cpu()
@@ -142,12 +163,25 @@ def fit_with_progress(trainer: Trainer, net: Supernet, data: DataSplits, reporte
     with reporter.task("train", total=total) as task:
         def on_epoch(rec: dict[str, Any]) -> None:
             val = f"  val max {rec['val_acc_max']:.3f} min {rec['val_acc_min']:.3f}" if "val_acc_max" in rec else ""
-            task.update(rec["epoch"], f"{rec.get('phase', '')} epoch {rec['epoch']}/{total}  loss {rec['loss']:.3f}{val}")
+            speed = f"  {rec['images_per_s']:.0f} img/s, data wait {rec['data_wait']:.0%}" if "images_per_s" in rec else ""
+            bad = f"  {rec['bad_images']} bad image(s) skipped" if rec.get("bad_images") else ""
+            task.update(rec["epoch"], f"{rec.get('phase', '')} epoch {rec['epoch']}/{total}  loss {rec['loss']:.3f}"
+                                      f"{val}{speed}{bad}")
 
-        def on_step(step: int, steps: int, epoch: int) -> None:
-            task.update(epoch + step / steps, log=False)
+        def on_step(step: int, steps: int, epoch: int, speed: dict[str, float]) -> None:
+            task.update(epoch + step / steps, f"step {step}/{steps}  {speed['images_per_s']:.0f} img/s, data wait "
+                                              f"{speed['data_wait']:.0%}", log=False)
 
         return trainer.fit(net, data, on_epoch=on_epoch, on_step=on_step, **fit_kwargs)
+
+
+def _loader_text(splits: DataSplits, loading: LoaderOptions) -> str:
+    """``", 4 loader workers, simplejpeg"`` for streamed data, nothing for in-memory data."""
+    if not isinstance(splits.train, FileSplit):
+        return ""
+    from nasforge.data._augment import decoder_name
+
+    return f", {loading.num_workers} loader worker(s), {decoder_name()}"
 
 
 def _check_out(out: Path, request: dict[str, Any], resume: bool) -> None:
@@ -165,6 +199,9 @@ def _check_out(out: Path, request: dict[str, Any], resume: bool) -> None:
         raise ConfigError(f"{saved} is unreadable ({exc}); restore it or start a new run") from None
     before = {k: before.get(k) for k in request}
     now = json.loads(json.dumps(request))
+    if isinstance(before.get("train_config"), dict):  # settings a resume may change (when files are written)
+        before["train_config"] = {**before["train_config"],
+                                  **{k: now["train_config"][k] for k in RESUMABLE_CHANGES if k in now["train_config"]}}
     changed = sorted(k for k in request if before.get(k) != now[k])
     if changed:
         detail = [f"{k}" for k in changed]

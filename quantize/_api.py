@@ -225,8 +225,8 @@ def quantize(
 
     calib = val_x = val_y = None
     if data is not None:
-        calib = fit_inputs(data.train.x[: config.calib_samples], spec.dims, f"'{src.name}'")
-        val_x = fit_inputs(data.val.x[:check_samples], spec.dims, f"'{src.name}'")
+        calib = fit_inputs(data.train.head(config.calib_samples), spec.dims, f"'{src.name}'")
+        val_x = fit_inputs(data.val.head(check_samples), spec.dims, f"'{src.name}'")
         val_y = data.val.y[:check_samples].numpy()
     qat_record = None
     fp32_for_int8 = src

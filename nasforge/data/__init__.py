@@ -1,4 +1,4 @@
-"""In-memory image classification datasets, split into train/val/test as float32 torch tensors.
+"""Image classification datasets split into train/val/test: in memory (float32 tensors) or streamed from files.
 
 Load one with a spec string ``NAME[:PATH][?key=value&...]``::
 
@@ -13,7 +13,12 @@ Built-in datasets (see :func:`list_datasets`):
 - ``digits``: scikit-learn's bundled 8x8 digits, 1 channel, default ``image_size`` 16.
 - ``shapes``: seeded procedural RGB shapes; options ``n``, ``classes``, ``difficulty``; default 32.
 - ``cifar10:DIR``: the CIFAR-10 binary release; option ``limit``; default 32 (native).
-- ``folder:DIR``: one sub-folder per class, read with Pillow; option ``mode`` (``RGB``/``L``); default 32.
+- ``folder:DIR``: one sub-folder per class, streamed (decoded on demand by DataLoader workers, augmented with
+  Once-for-All's ImageNet recipe); option ``mode`` (``RGB``/``L``); default 32.
+- ``imagenet:DIR``: ``DIR/train/<class>/`` and ``DIR/val/<class>/`` (the test split), streamed; option ``val``
+  (training images held out for validation, default 10,000); default 224.
+- ``shards:DIR``: WebDataset tar shards written by ``nasforge data pack`` (or :func:`pack_shards`), streamed with
+  random access (the same samples, order and splits as the folder they were packed from); option ``val``; 224.
 
 Add a dataset with :func:`register_dataset`: a loader takes a :class:`DatasetRequest` and returns a
 :class:`RawDataset`; :func:`load_data` does the splitting, resizing and normalisation.
@@ -22,14 +27,32 @@ Add a dataset with :func:`register_dataset`: a loader takes a :class:`DatasetReq
 from __future__ import annotations
 
 # Importing these modules registers the built-in datasets (a dict insert each; no data is read).
-from nasforge.data import _cifar, _digits, _folder, _shapes  # noqa: F401
+from nasforge.data import _cifar, _digits, _folders, _shapes, _shards  # noqa: F401
+from nasforge.data._augment import IMAGENET_MEAN, IMAGENET_STD, AugmentRecipe, BadImageError
+from nasforge.data._order import EpochPlan, StreamStats
+from nasforge.data._shards import ShardTable, load_shards, pack_shards
 from nasforge.data._pipeline import load_data
 from nasforge.data._registry import DatasetRequest, RawDataset, list_datasets, register_dataset
 from nasforge.data._spec import parse_spec
-from nasforge.data._splits import DataSplits, Split
+from nasforge.data._splits import DataSplits, Split, resize_batch
+from nasforge.data._stream import FileSplit, LoaderOptions
+from nasforge.data._synthetic import make_image_folder
 
 __all__ = [
     "Split",
+    "FileSplit",
+    "EpochPlan",
+    "StreamStats",
+    "LoaderOptions",
+    "AugmentRecipe",
+    "BadImageError",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "make_image_folder",
+    "pack_shards",
+    "load_shards",
+    "ShardTable",
+    "resize_batch",
     "DataSplits",
     "load_data",
     "register_dataset",

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from nasforge.data._augment import AugmentRecipe
+from nasforge.data._file_splits import file_splits
 from nasforge.data._registry import DatasetEntry, DatasetRequest, RawDataset, get_dataset
 from nasforge.data._spec import parse_spec
 from nasforge.data._splits import DataSplits, Split
+from nasforge.data._stream import LoaderOptions
 from nasforge.errors import DataError
 
 __all__ = ["load_data"]
@@ -26,11 +31,15 @@ def load_data(
     seed: int = 0,
     val_fraction: float = 0.2,
     test_fraction: float = 0.2,
+    augment: AugmentRecipe | Mapping[str, Any] | None = None,
+    loading: LoaderOptions | None = None,
 ) -> DataSplits:
-    """Load a registered dataset into memory and split it into train, val and test.
+    """Load a registered dataset and split it into train, val and test.
 
-    Splits are stratified and depend only on ``seed``. Every split is normalised with the train
-    split's per-channel mean and std.
+    Splits are stratified and depend only on ``seed``. In-memory datasets (digits, shapes, cifar10) are
+    normalised with the train split's per-channel mean and std; image-file datasets (``folder:``,
+    ``imagenet:``) are listed, not read: their splits are :class:`FileSplit` objects decoded on demand with
+    the ``augment`` recipe (Once-for-All's ImageNet recipe by default, its normalisation included).
 
     Args:
         spec: ``NAME[:PATH][?key=value&...]``, e.g. ``"digits"``, ``"shapes?n=500&classes=4"``,
@@ -41,6 +50,9 @@ def load_data(
             official test set (cifar10) it is the share of the official training images.
         test_fraction: share of the images that goes to test, in ``(0, 0.5)``; ignored by datasets
             with an official test set.
+        augment: image-file datasets only: an :class:`AugmentRecipe` or a mapping of its fields (``preset``
+            too).
+        loading: image-file datasets only: loader workers, prefetch and the bad-image threshold.
 
     Returns:
         The :class:`DataSplits`.
@@ -59,6 +71,9 @@ def load_data(
     request = DatasetRequest(
         name, Path(path).expanduser() if path else None, MappingProxyType(options), size, seed
     )
+    if entry.kind == "files":
+        return file_splits(entry.loader(request), request, _stratified_split, val_fraction=val_fraction,
+                           test_fraction=test_fraction, augment=augment, loading=loading, spec=spec)
     raw = entry.loader(request)
     labels, num_classes = _check_raw(raw, name)
     train_idx, val_idx, test_idx = _split_indices(raw, labels, seed, val_fraction, test_fraction, name)

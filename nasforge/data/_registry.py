@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -26,6 +26,7 @@ from nasforge.registry import Registry
 __all__ = ["DatasetRequest", "RawDataset", "DatasetEntry", "register_dataset", "list_datasets", "get_dataset"]
 
 PathRule = Literal["none", "required", "optional"]
+Kind = Literal["memory", "files"]
 _NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*")
 
 
@@ -113,7 +114,7 @@ class RawDataset:
     test_y: np.ndarray | None = None
 
 
-Loader = Callable[[DatasetRequest], RawDataset]
+Loader = Callable[[DatasetRequest], Any]
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,7 @@ class DatasetEntry:
     path: PathRule
     default_image_size: int
     description: str = field(default="")
+    kind: Kind = "memory"
 
 
 _REGISTRY: Registry[DatasetEntry] = Registry("dataset", missing=DataError)
@@ -137,6 +139,7 @@ def register_dataset(
     options: Iterable[str] = (),
     path: PathRule = "none",
     default_image_size: int = 32,
+    kind: Kind = "memory",
 ) -> Callable[[Loader], Loader]:
     """Register a dataset loader under ``name`` (decorator).
 
@@ -145,6 +148,8 @@ def register_dataset(
         options: the option keys the spec may set; any other key is rejected before the loader runs.
         path: whether the spec needs a ``:PATH`` (``"required"``), must not have one (``"none"``) or may.
         default_image_size: the image side used when the caller passes ``image_size=None``.
+        kind: ``"memory"``: the loader returns a :class:`RawDataset` held in memory; ``"files"``: it returns a
+            :class:`nasforge.data._files.FileListing` whose images are decoded on demand.
 
     Returns:
         A decorator that records the loader and returns it unchanged.
@@ -162,13 +167,15 @@ def register_dataset(
         or default_image_size < 4
     ):
         raise ValueError(f"default_image_size {default_image_size!r} is invalid; use an integer >= 4")
+    if kind not in ("memory", "files"):
+        raise ValueError(f"dataset kind {kind!r} is unknown; use 'memory' or 'files'")
     if path not in ("none", "required", "optional"):
         raise ValueError(f"path rule {path!r} is unknown; use 'none', 'required' or 'optional'")
     keys = tuple(options)
 
     def decorator(loader: Loader) -> Loader:
         doc = (loader.__doc__ or "").strip().splitlines()
-        _REGISTRY.add(name, DatasetEntry(name, loader, keys, path, default_image_size, doc[0] if doc else ""))
+        _REGISTRY.add(name, DatasetEntry(name, loader, keys, path, default_image_size, doc[0] if doc else "", kind))
         return loader
 
     return decorator

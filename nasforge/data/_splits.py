@@ -7,10 +7,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
+from nasforge.data._order import EpochPlan, StreamStats
 from nasforge.errors import DataError
 
-__all__ = ["Split", "DataSplits"]
+__all__ = ["Split", "DataSplits", "resize_batch", "batch_indices"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -68,6 +70,39 @@ class Split:
         order = torch.randperm(len(self), generator=generator) if shuffle else None
         return self._iter_batches(batch_size, order, drop_last)
 
+    def head(self, n: int) -> torch.Tensor:
+        """The first ``n`` images (all when fewer)."""
+        return self.x[:n]
+
+    def epoch_stream(self, plan: EpochPlan, device: torch.device | str = "cpu",
+                     stats: StreamStats | None = None) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        """This process's batches of one training epoch: ``(global batch index, x, y)`` on ``device``, ``x``
+        resized to ``plan.resolution_of(index)`` (see :class:`EpochPlan`)."""
+        stats = stats if stats is not None else StreamStats()
+        return stats.timed(self._epoch(plan, torch.device(device), stats))  # type: ignore[return-value]
+
+    def _epoch(self, plan: EpochPlan, device: torch.device,
+               stats: StreamStats) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        for b, index, _ in plan:
+            x, y = self.x[index], self.y[index]
+            if plan.resolution_of is not None:
+                x = resize_batch(x, plan.resolution_of(b))
+            stats.images += len(y)
+            yield b, x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+    def eval_batches(self, batch_size: int, resolution: int | None = None, *, rank: int = 0, world: int = 1,
+                     limit: int | None = None, device: torch.device | str = "cpu",
+                     augment_seed: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches over the first ``limit`` samples (all by default), resized to ``resolution``; process ``rank``
+        of ``world`` takes batches ``rank``, ``rank + world``, ... (the batches are the same whatever the number of
+        processes). In-memory images are already transformed, so ``augment_seed`` (random training transforms
+        for BN calibration) changes nothing here."""
+        for index in batch_indices(len(self) if limit is None else min(limit, len(self)), batch_size, rank, world):
+            x = self.x[index]
+            if resolution is not None:
+                x = resize_batch(x, resolution)
+            yield x.to(device), self.y[index].to(device)
+
     def _iter_batches(
         self, batch_size: int, order: torch.Tensor | None, drop_last: bool
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -79,6 +114,19 @@ class Split:
             else:
                 index = order[start : start + batch_size]
                 yield self.x[index], self.y[index]
+
+
+def batch_indices(n: int, batch_size: int, rank: int = 0, world: int = 1) -> Iterator[torch.Tensor]:
+    """Consecutive batches of ``range(n)``, every ``world``-th one from ``rank``."""
+    for start in range(rank * batch_size, n, world * batch_size):
+        yield torch.arange(start, min(n, start + batch_size))
+
+
+def resize_batch(x: torch.Tensor, resolution: int) -> torch.Tensor:
+    """Bilinearly resize ``[N, C, H, W]`` to ``resolution`` x ``resolution`` (no-op when equal)."""
+    if x.shape[-1] == resolution and x.shape[-2] == resolution:
+        return x
+    return F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False)
 
 
 @dataclass(frozen=True, eq=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager as ContextManager
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -41,7 +42,8 @@ def distill_step(
     no_sync: Callable[[], ContextManager[None]] | None = None, step_seed: int | None = None, first_chunk: int = 0,
     loss_fn: LossFn | None = None, inplace_teacher: bool = False,
     resolution_of: Callable[[Architecture], int] | None = None, weights: Sequence[float] | None = None,
-    aggregation: str = "sum",
+    aggregation: str = "sum", amp_dtype: torch.dtype | None = None, scaler: torch.amp.GradScaler | None = None,
+    before_subnet: Callable[[int, Architecture], None] | None = None,
 ) -> float:
     """One weight-sharing step: the gradients of every subnet in ``archs`` accumulate, then one update.
 
@@ -66,6 +68,11 @@ def distill_step(
         aggregation: ``sum`` (above), or ``mean``: every weight element's gradient is divided by the summed
             ``beta_s`` of the subnets that touched it (DεpS's ``avg``). Whether a subnet touched an element is
             read from its gradient being non-zero, so ``mean`` needs one process (not DDP).
+        amp_dtype: run every forward pass (teacher included) and loss under ``torch.autocast`` to this dtype
+            (``torch.bfloat16`` / ``torch.float16``); ``None``: float32.
+        scaler: a gradient scaler (float16): losses are scaled before backward and the update goes through it.
+        before_subnet: called as ``(index, arch)`` after the subnet is activated, before its forward pass
+            (e.g. to set a subnet-specific dropout).
 
     Returns:
         The weighted sum of the subnets' losses (each a mean over the batch).
@@ -82,6 +89,9 @@ def distill_step(
     if loss_fn is None:
         def loss_fn(i: int, logits: torch.Tensor, t: torch.Tensor, tl: torch.Tensor | None) -> torch.Tensor:
             return distill_loss(logits, t, tl, label_smoothing, kd_weight)
+    def amp() -> ContextManager[Any]:
+        return torch.autocast(x.device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
+
     optimizer.zero_grad(set_to_none=True)
     chunks = list(zip(x.chunk(micro_batches), y.chunk(micro_batches), strict=True))
     total = 0.0
@@ -94,19 +104,23 @@ def distill_step(
             if step_seed is not None:  # the teacher runs in train mode: its dropout draws from this seed
                 torch.manual_seed(step_seed * 1_000_003 + (first_chunk + c) * 101 + 100)
             teacher.train()
-            with torch.no_grad():
+            with torch.no_grad(), amp():
                 teacher_logits = teacher(xc)
         for i, arch in enumerate(archs):
             if step_seed is not None:
                 torch.manual_seed(step_seed * 1_000_003 + (first_chunk + c) * 101 + i)
             net.set_active(arch)
+            if before_subnet is not None:
+                before_subnet(i, arch)
             inp = resize(xc, resolution_of(arch)) if resolution_of is not None else xc
             done += 1
             ctx = no_sync() if (no_sync is not None and done < n_backward) else contextlib.nullcontext()
             with ctx:
-                logits = model(inp)
-                loss = loss_fn(i, logits, yc, teacher_logits)
-                (loss * (share * betas[i])).backward()
+                with amp():
+                    logits = model(inp)
+                    loss = loss_fn(i, logits, yc, teacher_logits)
+                scaled = loss * (share * betas[i])
+                (scaler.scale(scaled) if scaler is not None else scaled).backward()
             total += float(loss.detach()) * share * betas[i]
             if params:
                 _mark_touched(params, before, touched[i])
@@ -114,7 +128,11 @@ def distill_step(
                 teacher_logits = logits.detach()
     if params:
         _average(params, touched, betas)
-    optimizer.step()
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
     return total
 
 

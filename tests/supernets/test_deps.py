@@ -195,7 +195,7 @@ def test_optimizer_sees_the_ramp_in_the_update(tiny_net, tiny_digits):
 
 def test_fit_hands_the_ramp_to_each_step(make_tiny_net, tiny_digits, monkeypatch):
     """In a real run the full phase has no weights, the ramp grows over the S epochs, then every beta is 1."""
-    from nasforge.supernets.trainers import base
+    from nasforge.supernets.trainers import epoch as base
 
     seen: list[list[float] | None] = []
     real = base.distill_step

@@ -79,8 +79,10 @@ def test_step_shares_one_resolution_and_the_teacher_sees_it(tiny_net, tiny_digit
     tiny_net.register_forward_pre_hook(lambda m, inp: seen.append(("s", inp[0].shape[-1])))
     phase = trainer.phases(tiny_net.space)[-1]
     opt = build_optimizer(tiny_net, lr=phase.lr)
-    trainer._epoch(tiny_net, tiny_net, opt, tiny_digits, _ctx(), phase.space(tiny_net.space), phase, 5, 0, 4,
-                   0, None)
+    from nasforge.supernets.trainers.epoch import EpochJob, run_epoch
+
+    run_epoch(trainer, EpochJob(tiny_net, tiny_net, opt, tiny_digits, _ctx(), phase.space(tiny_net.space), phase, 5,
+                                0, 4, 0))
     steps = [seen[i : i + 1 + phase.subnets_per_step] for i in range(0, len(seen), 1 + phase.subnets_per_step)]
     assert len(steps) == 4
     for step in steps:
