@@ -28,6 +28,7 @@ from nasforge.supernets.ofa_compat import (
 from nasforge.supernets.profile import count_macs, count_params
 from nasforge.supernets.reorganize import reorganize_channels
 from nasforge.supernets.sorted import SortedModule, SortedNetwork  # more in nasforge.supernets.sorted
+from nasforge.supernets.warm_start import load_initial_weights
 
 __all__ = [
     "Architecture",
@@ -47,6 +48,7 @@ __all__ = [
     "create_supernet",
     "get_supernet_entry",
     "list_supernets",
+    "load_initial_weights",
     "load_ofa_checkpoint",
     "mbv3_cost",
     "nasforge_to_ofa_state_dict",

@@ -16,7 +16,7 @@ Typical use::
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,8 @@ from nasforge.errors import CheckpointError
 from nasforge.io import TORCH_LOAD_ERRORS
 from nasforge.supernets.mbv3 import ElasticMobileNetV3, ofa_widths
 
-__all__ = ["ofa_key_map", "ofa_to_nasforge_state_dict", "nasforge_to_ofa_state_dict", "load_ofa_checkpoint"]
+__all__ = ["ofa_key_map", "ofa_to_nasforge_state_dict", "nasforge_to_ofa_state_dict", "load_ofa_checkpoint",
+           "ofa_layout", "unwrap_state_dict"]
 
 _BN_FIELDS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 _EXAMPLES = 3  # example keys quoted in an error message
@@ -114,17 +115,46 @@ def ofa_key_map(net: ElasticMobileNetV3) -> dict[str, str]:
 
 
 # -- OFA -> nasforge ------------------------------------------------------------------------------------------
-def _unwrap(state_dict: Mapping[str, Any]) -> Mapping[str, Any]:
+def unwrap_state_dict(state_dict: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The model's tensors of a checkpoint: ``state_dict["state_dict"]`` when the reference's training wrapper
+    (``{"epoch": ..., "optimizer": ..., "state_dict": ...}``) holds them, else ``state_dict`` itself."""
     inner = state_dict.get("state_dict")
     return inner if isinstance(inner, Mapping) else state_dict
 
 
-def _canonical(key: str, known: Mapping[str, str]) -> str:
-    """The current reference name of ``key``: strips ``module.`` (DataParallel/DDP) and renames the older
-    ``mobile_inverted_conv`` and single-level ``bn.``/``conv.weight``/``linear.`` spellings."""
+# an elastic block's conv or BN tensor without the dynamic wrapper: the static MobileNetV3 (teacher) spelling
+_STATIC_BLOCK = re.compile(
+    r"blocks\.[1-9]\d*\.conv\.(inverted_bottleneck|depth_conv|point_linear)\.(conv\.weight|bn\.\w+)")
+
+
+def ofa_layout(state_dict: Mapping[str, Any], net: ElasticMobileNetV3) -> str | None:
+    """Which reference layout a state dict has: ``"static"`` (a plain ``MobileNetV3``, e.g. the published
+    teacher ``ofa_D4_E6_K7``: elastic blocks without the dynamic wrappers, no kernel transformation matrices),
+    ``"dynamic"`` (an ``OFAMobileNetV3`` supernet), or ``None`` when none of its keys has a reference name.
+
+    Wrappers, ``module.`` prefixes and the older ``mobile_inverted_conv`` spelling are accepted.
+
+    Raises:
+        CheckpointError: ``net`` does not have the Once-for-All layout.
+    """
+    known = set(ofa_key_map(net).values())
+    raw = [_plain(str(k)) for k in unwrap_state_dict(state_dict)]
+    if not any(_canonical(k, known) in known for k in raw):
+        return None
+    return "static" if any(_STATIC_BLOCK.fullmatch(k) for k in raw) else "dynamic"
+
+
+def _plain(key: str) -> str:
+    """``key`` without ``module.`` prefixes (DataParallel/DDP) and in the current ``.conv.`` spelling."""
     while key.startswith("module."):
         key = key[len("module."):]
-    key = key.replace(".mobile_inverted_conv.", ".conv.")
+    return key.replace(".mobile_inverted_conv.", ".conv.")
+
+
+def _canonical(key: str, known: Collection[str]) -> str:
+    """The current reference name of ``key``: strips ``module.`` (DataParallel/DDP) and renames the older
+    ``mobile_inverted_conv`` and single-level ``bn.``/``conv.weight``/``linear.`` spellings."""
+    key = _plain(key)
     if key in known:
         return key
     for old, new in ((".bn.", ".bn.bn."), (".conv.weight", ".conv.conv.weight"), (".linear.", ".linear.linear."),
@@ -180,7 +210,7 @@ def ofa_to_nasforge_state_dict(
     to_ofa = ofa_key_map(net)
     from_ofa = {ofa: key for key, ofa in to_ofa.items()}
     state: dict[str, Any] = {}
-    for raw_key, value in _unwrap(state_dict).items():
+    for raw_key, value in unwrap_state_dict(state_dict).items():
         key = _canonical(str(raw_key), from_ofa)
         if key in state:
             raise CheckpointError(f"checkpoint entries {raw_key!r} and another one both mean {key!r}; "

@@ -30,9 +30,9 @@ from __future__ import annotations
 from nasforge.data import _cifar, _digits, _folders, _shapes, _shards  # noqa: F401
 from nasforge.data._augment import IMAGENET_MEAN, IMAGENET_STD, AugmentRecipe, BadImageError
 from nasforge.data._order import EpochPlan, StreamStats
-from nasforge.data._shards import ShardTable, load_shards, pack_shards
 from nasforge.data._pipeline import load_data
 from nasforge.data._registry import DatasetRequest, RawDataset, list_datasets, register_dataset
+from nasforge.data._shards import ShardTable, load_shards, pack_shards
 from nasforge.data._spec import parse_spec
 from nasforge.data._splits import DataSplits, Split, resize_batch
 from nasforge.data._stream import FileSplit, LoaderOptions

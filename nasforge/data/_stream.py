@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from nasforge.data._augment import AugmentRecipe, BadImageError, eval_sample, finish_batch, train_sample
+from nasforge.data._augment import AugmentRecipe, eval_sample, finish_batch, train_sample
 from nasforge.data._files import PathTable
 from nasforge.data._order import EpochPlan, StreamStats
 from nasforge.data._splits import Split, batch_indices
@@ -92,7 +92,7 @@ class _Images(Dataset[tuple[np.ndarray, np.ndarray, int, str | None]]):
                 image, jitter = train_sample(source, resolution, np.random.default_rng(seed), self.recipe)
             else:
                 image, jitter = eval_sample(source, resolution, self.recipe), _IDENTITY
-        except BadImageError:
+        except DataError:  # corrupt, truncated, vanished or unreadable: skipped and counted, never fatal alone
             name = self.files.path(index)
             return np.zeros((self.recipe.channels, resolution, resolution), np.uint8), _IDENTITY, label, name
         return image, jitter, label, None
@@ -137,7 +137,7 @@ class FileSplit:
     image_size: int
     recipe: AugmentRecipe
     loading: LoaderOptions = field(default_factory=LoaderOptions)
-    _cache: dict[str, Any] = field(default_factory=dict, repr=False)
+    _cache: dict[str, Any] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.labels)

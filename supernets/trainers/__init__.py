@@ -18,7 +18,7 @@ from nasforge.supernets.trainers.base import (
 )
 from nasforge.supernets.trainers.deps import DepsOptions, DepsTrainer
 from nasforge.supernets.trainers.full import FullOptions, FullTrainer
-from nasforge.supernets.trainers.progressive import REFERENCE_SCHEDULE, ProgressiveShrinkingTrainer
+from nasforge.supernets.trainers.progressive import REFERENCE_SCHEDULE, ProgressiveShrinkingTrainer, PSOptions
 from nasforge.supernets.trainers.sandwich import SandwichTrainer, soft_cross_entropy
 from nasforge.supernets.trainers.sorted import DISTRIBUTIONS, SortedOptions, SortedTrainer, parse_sampling
 
@@ -30,6 +30,7 @@ __all__ = [
     "FullTrainer",
     "Phase",
     "ProgressiveShrinkingTrainer",
+    "PSOptions",
     "REFERENCE_SCHEDULE",
     "SandwichTrainer",
     "SortedOptions",

@@ -103,6 +103,10 @@ class Trainer(ABC):
     def end_phase(self, net: Supernet, index: int, phase: Phase) -> None:  # noqa: B027
         """Hook run after the last epoch of a phase."""
 
+    def phase_checkpoint_name(self, index: int, phase: Phase, n_phases: int) -> str | None:
+        """File name of the checkpoint written when phase ``index`` ends (``None``: none)."""
+        return f"phase-{index + 1}-{phase.name}.pt" if n_phases > 1 else None
+
     def total_epochs(self, space: SearchSpace) -> int:
         """Epochs over all phases."""
         return sum(p.epochs for p in self.phases(space))
@@ -217,8 +221,9 @@ class _Saver:
         if self.dir is None:
             return
         self._write(self.dir / "last.pt", phase_index, epochs_done)
-        if epochs_done == phase.epochs and self.n_phases > 1:
-            self._write(self.dir / f"phase-{phase_index + 1}-{phase.name}.pt", phase_index, epochs_done)
+        name = self.trainer.phase_checkpoint_name(phase_index, phase, self.n_phases)
+        if epochs_done == phase.epochs and name is not None:
+            self._write(self.dir / name, phase_index, epochs_done)
 
 
 _TRAINERS: Registry[type[Trainer]] = Registry("trainer")

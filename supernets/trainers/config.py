@@ -25,10 +25,10 @@ class TrainHyperparams:
     gradients accumulate (less memory; the same arithmetic as that many DDP processes). Multi-phase trainers
     (progressive shrinking) take their epochs and learning rates from their reference schedule, multiplied by
     ``schedule_scale`` and ``lr_scale``; single-phase trainers use ``epochs``, ``lr`` and ``warmup_epochs``.
-    ``memory_format`` is the batch layout: ``auto`` = channels-last on CPU for supernet families that opt in
-    (MobileNetV3: about 1.5x faster training steps in oneDNN, float32 sums in another order:
-    ``benchmarks/ofa_step.py``; see :attr:`Supernet.channels_last_training`), as given elsewhere; or
-    ``channels_last`` / ``contiguous`` always. ``eval_every`` validates the corner subnets every that many epochs (the last epoch
+    ``memory_format`` is the batch layout: ``auto`` = channels-last for supernet families that opt in
+    (MobileNetV3: about 1.5x faster training steps in oneDNN on CPU, float32 sums in another order:
+    ``benchmarks/ofa_step.py``; 1.25x on an H200 in issue 16's measurement; see
+    :attr:`Supernet.channels_last_training`), as given elsewhere; or ``channels_last`` / ``contiguous`` always. ``eval_every`` validates the corner subnets every that many epochs (the last epoch
     of every phase always; 0 = only those). ``precision`` is ``fp32``, or ``bf16`` / ``fp16`` autocast of every
     forward pass (teacher included; ``fp16`` with a gradient scaler). ``checkpoint_every`` also writes
     ``last.pt`` every that many steps inside an epoch (0: at epoch ends only), so a long epoch resumes mid-way

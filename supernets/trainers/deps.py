@@ -4,10 +4,15 @@ One warm-up + cosine learning-rate curve spans all ``epochs`` (T). The schedule 
 
 1. ``full`` (epochs ``0 .. T_w - S``): only the full model trains, with label-smoothed cross-entropy.
 2. ``shrink`` (epochs ``T_w - S .. T``): at its start the channels are re-organised once by importance (as in
-   Once-for-All; a fresh optimizer, so no momentum is carried across the permutation). Every step runs a sandwich
-   of ``sandwich_size`` subnets: the full model (label loss), the smallest and random ones, which learn only from
-   the full model's current, detached logits (soft cross-entropy, temperature 1; no frozen teacher). Gradients
-   are summed, ``g = sum_s beta_s grad L_s`` with ``beta_full = 1``.
+   Once-for-All). Every step runs a sandwich of ``sandwich_size`` subnets: the full model (label loss), the
+   smallest and random ones, which learn only from the full model's current, detached logits (soft
+   cross-entropy, temperature 1; no frozen teacher). Gradients are summed, ``g = sum_s beta_s grad L_s`` with
+   ``beta_full = 1``.
+
+As in the reference, one optimizer runs through both phases: its momentum crosses the shrink point, and the
+channel re-organisation permutes the weights but not their momentum buffers (the reference reassigns each
+weight's ``.data``, which leaves the optimizer state as it was). Dropout acts on the full model only (the
+reference's ``forward(x, max=False)`` skips the classifier's dropout for every other subnet).
 
 The ε ramp: for the ``S = ramp_epochs`` epochs before the shrink point ``T_w = round(shrink_point * T)``, a
 subnet's learning rate rises linearly per iteration from 0 to the full model's learning rate at ``T_w``:
@@ -26,7 +31,8 @@ from pathlib import Path
 from nasforge.errors import ConfigError
 from nasforge.supernets.arch import Architecture, SearchSpace
 from nasforge.supernets.base import Supernet
-from nasforge.supernets.trainers.base import Phase, StepInfo, TrainerOptions, register_trainer
+from nasforge.supernets.trainers._dropout import DropoutSwitch
+from nasforge.supernets.trainers.base import Phase, StepInfo, TrainConfig, TrainerOptions, register_trainer
 from nasforge.supernets.trainers.sandwich import SandwichTrainer
 
 __all__ = ["DepsOptions", "DepsTrainer"]
@@ -73,6 +79,11 @@ class DepsTrainer(SandwichTrainer):
 
     Options = DepsOptions
     options: DepsOptions
+    keep_optimizer = True
+
+    def __init__(self, config: TrainConfig) -> None:
+        super().__init__(config)
+        self._dropout: DropoutSwitch | None = None
 
     # -- schedule ---------------------------------------------------------------------------------------------
     def shrink_epochs(self) -> tuple[int, int]:
@@ -120,8 +131,19 @@ class DepsTrainer(SandwichTrainer):
     def aggregation(self) -> str:
         return self.options.aggregation
 
+    def prepare_subnet(self, index: int, arch: Architecture) -> None:
+        """Dropout at its configured rate for the full model (the first subnet of a step), 0 for the others."""
+        if self._dropout is not None:
+            self._dropout.enable(index == 0)
+
     def start_phase(self, net: Supernet, index: int, phase: Phase, *, fresh: bool,
                     checkpoint_dir: Path | None) -> None:
+        if self._dropout is None or self._dropout.module is not net:
+            self._dropout = DropoutSwitch(net)  # remembers the configured rates
         if fresh and phase.name == "shrink" and self.options.reorganize:
             stage = max(0, len(net.space.dim("e").choices) - 2) if "e" in net.space.names else 0
             net.reorganize_channels(stage)
+
+    def end_phase(self, net: Supernet, index: int, phase: Phase) -> None:
+        if self._dropout is not None:
+            self._dropout.enable(True)  # the trained supernet keeps its configured dropout
