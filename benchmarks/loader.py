@@ -93,7 +93,9 @@ def memory_child(root: str, out: str) -> None:
 
     train_supernet("mbv3-small", data=f"imagenet:{root}?val=20", out=out, trainer="full", epochs=1, batch_size=64,
                    image_size=32, progress=False, workers=2, calib_images=20, eval_every=0)
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across exec, so it would report the parent's size at fork
+    own = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
+               if line.startswith("VmHWM:")) / 1024
     kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     print(json.dumps({"peak_rss_mib": round(own, 1), "peak_worker_rss_mib": round(kids, 1)}))
 
@@ -104,18 +106,31 @@ def peak_memory(root: Path, out: Path) -> dict[str, float]:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def memory_report(args: argparse.Namespace) -> dict[int, dict[str, float]]:
+    out = {}
+    for n in (args.memory_n, 10 * args.memory_n):
+        root = make_folder(args.out / f"small-{n}", n, (64, 48), classes=20)
+        out[n] = peak_memory(root, args.out / f"mem-{n}-{time.time_ns()}")
+        print(f"memory, {n} images: {out[n]}", flush=True)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("/tmp/nasforge-loader-bench"))
     parser.add_argument("--images", type=int, default=512, help="JPEGs of about 500x375 for throughput")
     parser.add_argument("--memory-n", type=int, default=2000, help="N of the N vs 10N memory check")
     parser.add_argument("--memory-child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--only-memory", action="store_true", help="only the N vs 10N memory check")
     args = parser.parse_args()
     if args.memory_child:
         memory_child(*args.memory_child)
         return
     from nasforge.data._augment import decoder_name
 
+    if args.only_memory:
+        print(json.dumps(memory_report(args)))
+        return
     big = make_folder(args.out / f"imagenet-{args.images}", args.images, (500, 375))
     report: dict[str, Any] = {"cpu": cpu_name(), "cores": len(__import__("os").sched_getaffinity(0)),
                               "decoder": decoder_name(), "images": args.images,
@@ -126,11 +141,7 @@ def main() -> None:
     for workers in (1, 2):
         report["train"][workers] = training_wait(big, workers, args.out / f"train-w{workers}-{time.time_ns()}")
         print(f"training, {workers} worker(s): {report['train'][workers]}", flush=True)
-    report["memory"] = {}
-    for n in (args.memory_n, 10 * args.memory_n):
-        root = make_folder(args.out / f"small-{n}", n, (64, 48), classes=20)
-        report["memory"][n] = peak_memory(root, args.out / f"mem-{n}-{time.time_ns()}")
-        print(f"memory, {n} images: {report['memory'][n]}", flush=True)
+    report["memory"] = memory_report(args)
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
