@@ -11,28 +11,18 @@ Arguments: folder, output prefix, micro-batches per process, expected world size
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 
 import torch
+from ddp_worker import ShortPS  # the sibling script: the same two short phases
 
 from nasforge.data import EpochPlan, LoaderOptions, load_data
 from nasforge.distributed import init_distributed
 from nasforge.supernets import create_supernet
 from nasforge.supernets.trainers import TrainConfig
-from nasforge.supernets.trainers.progressive import ProgressiveShrinkingTrainer
 
 OPTIONS = {"num_classes": 3, "in_channels": 3, "resolutions": [12, 16]}
-
-
-class ShortPS(ProgressiveShrinkingTrainer):
-    """Two one-epoch phases: the teacher, then the expand phase with 4 subnets (no channel re-organisation)."""
-
-    def phases(self, space):  # type: ignore[no-untyped-def]
-        full = super().phases(space)
-        return [dataclasses.replace(full[0], epochs=1, warmup_epochs=0),
-                dataclasses.replace(full[-1], epochs=1, warmup_epochs=0, expand_stage=None)]
 
 
 def numbers(data, x: torch.Tensor) -> list[int]:  # type: ignore[no-untyped-def]
