@@ -19,8 +19,9 @@ an end-to-end correction; :func:`validate_latency_table` measures its error on f
 
 Edge agent: ``nasforge agent serve --token-file F`` (or :func:`make_server` with an :class:`AgentConfig`)
 measures uploaded ONNX files on the board in a child process: token checked in constant time, size capped
-before reading, self-contained ONNX only, one job at a time, results cached by model hash, loopback by
-default.
+before reading, the upload read within a deadline, self-contained ONNX only, one job at a time, results
+cached by model hash, loopback only unless ``allow_remote``. The agent imports no PyTorch: a board installs
+nasforge with ``--no-deps`` plus the ``agent`` extra's packages.
 :func:`agent_info` returns what an agent reports about itself (limits, backends, CPU flags, runtimes).
 """
 

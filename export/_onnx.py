@@ -20,6 +20,7 @@ import torch
 
 from nasforge.errors import ConfigError, ExportError, MissingDependencyError
 from nasforge.io import atomic_write_bytes
+from nasforge.runlock import remove_stale_temps, temp_prefix
 
 from ._onnx_io import first_line, open_session
 from ._parity import eval_mode, session_parity
@@ -93,7 +94,8 @@ def export_onnx(
     """Export ``model`` to ONNX at ``path``, keeping the file only if onnxruntime reproduces PyTorch.
 
     The model is exported in eval mode (each submodule's mode is restored afterwards) into a temporary folder
-    next to ``path``; the result is validated with ``onnx.checker``, made self-contained (weights inlined),
+    next to ``path`` (named after this process, :func:`nasforge.runlock.temp_prefix`; those of killed exports
+    are removed here); the result is validated with ``onnx.checker``, made self-contained (weights inlined),
     tagged with metadata, and compared with PyTorch in onnxruntime (CPU) on the example input, two seeded
     random inputs of its shape, every tensor in ``check_inputs`` and, with ``dynamic_batch``, one input of
     another batch size. Only then is it moved atomically to ``path``; on any failure ``path`` is untouched.
@@ -131,7 +133,8 @@ def export_onnx(
     props = _metadata_props(metadata, example_input, input_name, output_name, dynamic_batch, exporter)
     inputs = _parity_inputs(example_input, check_inputs, dynamic_batch)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".export", dir=path.parent))
+    remove_stale_temps(path.parent)  # folders left by exports that were killed (never a live one's)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=temp_prefix(path.name), suffix=".export", dir=path.parent))
     try:
         names = (input_name, output_name)
         proto = _export_to_proto(

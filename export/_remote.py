@@ -139,9 +139,11 @@ def _http_error(err: urllib.error.HTTPError, url: str, what: str) -> NasforgeErr
         return ConfigError(f"{what}: the file is too large for the agent (413: {message})")
     if code == 422:
         return ExportError(
-            f"{what}: not a self-contained ONNX file ({message}); "
-            "re-export it with nasforge.export.export_onnx"
+            f"{what}: the agent cannot measure this model (422: {message}); fix the model or the settings "
+            "(a self-contained file from nasforge.export.export_onnx, standard operators, its batch size)"
         )
+    if code == 408:
+        return ExportError(f"{what}: the upload was too slow for the agent (408: {message})")
     if code == 429:
         retry = err.headers.get("Retry-After") if err.headers else None
         return ExportError(

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from nasforge.errors import ExportError
+from nasforge.runlock import temp_prefix
 
 from ._onnx_io import first_line, load_onnx, open_session, ort_errors, single_input_spec
 
@@ -40,7 +41,7 @@ def slim_onnx(path: str | Path, inputs: Sequence[np.ndarray], *, atol: float = 1
     original = load_onnx(path)
     name = single_input_spec(original, path).name
     before = len(original.graph.node)
-    with tempfile.TemporaryDirectory(prefix=".slim.", dir=path.parent) as tmp:
+    with tempfile.TemporaryDirectory(prefix=temp_prefix(path.name), suffix=".slim", dir=path.parent) as tmp:
         slim_path = Path(tmp) / path.name
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC

@@ -10,6 +10,10 @@ RegularizedEvolution strategy on one reward folded from the objectives, storing 
 For predictor-in-the-loop search, fit an :class:`AccuracyPredictor` (and a :class:`LatencyPredictor`, e.g.
 ``get_latency_predictor("macs", cost_fn=net.macs)``) on a few hundred measured architectures, then run
 :func:`evolve_on_predictors` on their cheap predicted scores.
+
+Several local worker processes on one study run under :func:`supervise_workers`: a worker that dies has its
+running trial failed and retried at once and is replaced a bounded number of times (:class:`SearchWorkerError`
+when they keep dying).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from ._predictors import (
 from ._result import SearchResult, TrialRecord
 from ._search import run_search
 from ._storage import journal_storage_url
+from ._supervisor import SearchWorkerError, SupervisorReport, supervise_workers
 from ._table_predictor import TableLatencyPredictor
 
 __all__ = [
@@ -51,6 +56,8 @@ __all__ = [
     "PredictorReport",
     "Progress",
     "SearchResult",
+    "SearchWorkerError",
+    "SupervisorReport",
     "TableLatencyPredictor",
     "Searcher",
     "TrialRecord",
@@ -68,4 +75,5 @@ __all__ = [
     "register_latency_predictor",
     "register_searcher",
     "run_search",
+    "supervise_workers",
 ]

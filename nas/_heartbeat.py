@@ -5,25 +5,36 @@ seconds, in any storage (journal file, database, memory). A worker that dies (SI
 trial RUNNING with an old stamp; any worker of the study that starts or begins a trial later marks such a trial
 FAIL (``nasforge:error`` says why) and enqueues the same architecture again (``nasforge:retry_of``), so finished
 trials are kept, the dead one is retried, and nothing is counted twice (only COMPLETE trials count).
+
+Each running trial also names its process in ``nasforge:worker`` (``host:pid``), so a parent that started the
+worker fails its trial as soon as the process is gone (:func:`fail_worker_trials`), without waiting for the grace.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
 import time
 from datetime import datetime
 from types import TracebackType
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
-__all__ = ["HEARTBEAT_ATTR", "REAPED_ATTR", "RETRY_ATTR", "Heartbeat", "failed_numbers", "reap_dead_trials",
-           "used_budget"]
+__all__ = ["HEARTBEAT_ATTR", "REAPED_ATTR", "RETRY_ATTR", "WORKER_ATTR", "Heartbeat", "fail_and_retry",
+           "fail_worker_trials", "failed_numbers", "reap_dead_trials", "used_budget", "worker_id"]
 
 HEARTBEAT_ATTR = "nasforge:heartbeat"
+WORKER_ATTR = "nasforge:worker"  # "host:pid" of the process that runs the trial
 RETRY_ATTR = "nasforge:retry_of"
 REAPED_ATTR = "nasforge:reaped"  # on a trial failed because its worker died (it does not use up the budget)
 ERROR_ATTR = "error"  # the key nasforge's searcher uses for a failed trial's reason
+
+
+def worker_id(pid: int | None = None) -> str:
+    """``"host:pid"`` of this process (or of process ``pid`` on this host), as stored in ``nasforge:worker``."""
+    return f"{socket.gethostname()}:{os.getpid() if pid is None else pid}"
 
 
 class Heartbeat:
@@ -47,6 +58,8 @@ class Heartbeat:
             pass
 
     def __enter__(self) -> Heartbeat:
+        # who runs the trial: a supervising parent fails it the moment this process dies
+        self._storage.set_trial_user_attr(self._trial_id, WORKER_ATTR, worker_id())
         self._beat()
         self._thread.start()
         return self
@@ -61,7 +74,6 @@ def reap_dead_trials(study: optuna.Study, grace: float, now: float | None = None
     """Fail the RUNNING trials whose last heartbeat (or start, if none) is older than ``grace`` seconds and
     enqueue their architectures again; returns the numbers of the trials it failed."""
     now = time.time() if now is None else now
-    storage = study._storage
     reaped = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         beat = t.user_attrs.get(HEARTBEAT_ATTR)
@@ -70,18 +82,33 @@ def reap_dead_trials(study: optuna.Study, grace: float, now: float | None = None
             beat = start.timestamp() if start is not None else None
         if beat is None or now - float(beat) < grace:
             continue
-        try:
-            storage.set_trial_user_attr(t._trial_id, ERROR_ATTR,
-                                        f"worker died: no heartbeat for {now - float(beat):.0f} s; retried")
-            storage.set_trial_user_attr(t._trial_id, REAPED_ATTR, True)
-            if not storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
-                continue
-        except Exception:  # another worker failed it first
-            continue
-        reaped.append(t.number)
-        if t.params:
-            study.enqueue_trial(t.params, user_attrs={RETRY_ATTR: t.number})
+        if fail_and_retry(study, t, f"worker died: no heartbeat for {now - float(beat):.0f} s; retried"):
+            reaped.append(t.number)
     return reaped
+
+
+def fail_worker_trials(study: optuna.Study, worker: str, reason: str) -> list[int]:
+    """Fail the RUNNING trials that ``worker`` (``"host:pid"``, see :func:`worker_id`) runs and enqueue their
+    architectures again (``reason`` is kept in the trial's ``error``); returns their numbers. For a parent
+    that saw the worker process end: no heartbeat grace to wait for."""
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    return [t.number for t in running if t.user_attrs.get(WORKER_ATTR) == worker and fail_and_retry(study, t, reason)]
+
+
+def fail_and_retry(study: optuna.Study, trial: FrozenTrial, reason: str) -> bool:
+    """Mark a dead worker's RUNNING ``trial`` FAIL (``reason`` in its ``error``; it does not use up the budget)
+    and enqueue its parameters again; False if another process finished or failed it first."""
+    storage = study._storage
+    try:
+        storage.set_trial_user_attr(trial._trial_id, ERROR_ATTR, reason)
+        storage.set_trial_user_attr(trial._trial_id, REAPED_ATTR, True)
+        if not storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
+            return False
+    except Exception:  # another worker failed it first
+        return False
+    if trial.params:
+        study.enqueue_trial(trial.params, user_attrs={RETRY_ATTR: trial.number})
+    return True
 
 
 def failed_numbers(study: optuna.Study) -> frozenset[int]:

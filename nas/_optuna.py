@@ -242,7 +242,8 @@ class _TrialRunner:
             _log.warning("trial %d failed: %s", trial.number, exc)
             trial.set_user_attr(_ATTR_ERROR, str(exc))
             frozen = self.study.tell(trial, state=TrialState.FAIL)
-        except BaseException:
+        except BaseException as exc:  # Ctrl-C, or a supervisor's SIGTERM (see _supervisor): FAIL, with the reason
+            trial.set_user_attr(_ATTR_ERROR, f"worker stopped mid-trial: {type(exc).__name__} {exc}".strip())
             self.study.tell(trial, state=TrialState.FAIL)
             raise
         return trial_record(frozen, self.objectives, self.constraints)

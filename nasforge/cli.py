@@ -1,7 +1,8 @@
 """The ``nasforge`` command line: a thin layer that parses, builds a config, calls the library, prints a summary.
 
 Errors caused by input (config, architecture, data, checkpoint) print one line and exit with code 2;
-``--debug`` shows the traceback instead.
+``--debug`` shows the traceback instead. Options are checked when the line is parsed (numbers through the types
+of :mod:`nasforge.cli_args`), with the same one line and exit code.
 """
 
 from __future__ import annotations
@@ -15,31 +16,70 @@ from pathlib import Path
 from typing import Any
 
 from nasforge._version import __version__
+from nasforge.cli_args import (
+    OneLineParser,
+    int_between,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    positive_ints,
+)
 from nasforge.errors import ConfigError, NasforgeError
 
 __all__ = ["main", "build_parser"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``nasforge`` command."""
+    """The argument parser of the ``nasforge`` command.
+
+    Building it imports no PyTorch (the board's agent runs without it): the command files import their
+    libraries inside the command functions, and registry-backed choices load when used.
+    """
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
-    parser = argparse.ArgumentParser(prog="nasforge", parents=[common],
-                                     description="Train a supernet, search its subnets, export and measure them.")
+    parser = OneLineParser(prog="nasforge", parents=[common],
+                           description="Train a supernet, search its subnets, export and measure them.")
     parser.add_argument("--version", action="version", version=f"nasforge {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
+    _add_run(sub, common)
+    _add_train(sub, common)
+    _add_search(sub, common)
+    _add_space(sub, common)
+    _add_profile(sub, common)
+
+    from nasforge.cli_agent import add_commands as add_agent_commands
+    from nasforge.cli_data import add_commands as add_data_commands
+    from nasforge.cli_deploy import add_commands
+    from nasforge.cli_prune import add_commands as add_prune_commands
+    from nasforge.cli_quantize import add_commands as add_quantize_commands
+
+    add_agent_commands(sub, common)
+    add_commands(sub, common)
+    add_prune_commands(sub, common)
+    add_quantize_commands(sub, common)
+    add_data_commands(sub, common)
+    return parser
+
+
+def _add_run(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Add ``nasforge run``."""
     run = sub.add_parser("run", parents=[common], help="train, search, export and measure on one dataset",
                          description="The whole pipeline. Defaults: digits, mbv3-small, 15 epochs, 40 trials.")
     run.add_argument("--config", type=Path, help="YAML config (missing keys take defaults)")
     run.add_argument("--out", type=Path, help="run folder (default: runs/run-<timestamp>)")
-    run.add_argument("--epochs", type=int, help="override train.epochs")
-    run.add_argument("--trials", type=int, help="override search.trials")
-    run.add_argument("--seed", type=int, help="override seed")
-    run.add_argument("--resume", action="store_true", help="continue the run in --out after a crash or stop")
+    run.add_argument("--epochs", type=positive_int, help="override train.epochs")
+    run.add_argument("--trials", type=positive_int, help="override search.trials")
+    run.add_argument("--seed", type=nonneg_int, help="override seed")
+    run.add_argument("--resume", action="store_true",
+                     help="continue the run in --out after a crash or stop (its config.yaml is used: repeat no "
+                          "option, or give --trials N for more trials)")
     run.add_argument("--quiet", action="store_true", help="no progress output, only the summary")
     run.set_defaults(func=_cmd_run)
 
+
+def _add_train(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Add ``nasforge train``."""
     train = sub.add_parser(
         "train", parents=[common], help="train a supernet (progressive shrinking, DεpS, SortedNet, sandwich); torchrun-ready",
         description="Train SPACE on --data with --trainer and save checkpoints, history and the final supernet in "
@@ -55,21 +95,21 @@ def build_parser() -> argparse.ArgumentParser:
                        help="dataset spec: digits, shapes, cifar10:DIR, folder:DIR (class sub-folders, streamed), "
                             "imagenet:DIR (train/ and val/ of class folders, streamed)")
     train.add_argument("--out", type=Path, help="run folder (default: runs/train-<timestamp>)")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--scale", type=float, dest="schedule_scale",
+    train.add_argument("--seed", type=nonneg_int, default=0)
+    train.add_argument("--scale", type=positive_float, dest="schedule_scale",
                        help="multiply every phase's epochs by this (ps; 1.0 = the reference schedule)")
-    train.add_argument("--lr-scale", type=float, dest="lr_scale", help="multiply every phase's learning rate (ps)")
-    train.add_argument("--epochs", type=int, help="epochs (single-phase trainers such as sandwich)")
-    train.add_argument("--lr", type=float, help="peak learning rate (single-phase trainers)")
-    train.add_argument("--batch-size", type=int, dest="batch_size", help="global batch size (default 64)")
-    train.add_argument("--micro-batches", type=int, dest="micro_batches",
+    train.add_argument("--lr-scale", type=positive_float, dest="lr_scale", help="multiply every phase's learning rate (ps)")
+    train.add_argument("--epochs", type=positive_int, help="epochs (single-phase trainers such as sandwich)")
+    train.add_argument("--lr", type=positive_float, help="peak learning rate (single-phase trainers)")
+    train.add_argument("--batch-size", type=positive_int, dest="batch_size", help="global batch size (default 64)")
+    train.add_argument("--micro-batches", type=positive_int, dest="micro_batches",
                        help="split each batch into this many gradient-accumulation chunks")
-    train.add_argument("--image-size", type=int, help="stored image size (default: the space's largest resolution)")
+    train.add_argument("--image-size", type=positive_int, help="stored image size (default: the space's largest resolution)")
     train.add_argument("--device", default="auto", help="auto (default), cpu, cuda")
     train.add_argument("--precision", help="fp32 (default), bf16 or fp16 (autocast; fp16 with a gradient scaler)")
-    train.add_argument("--workers", type=int,
+    train.add_argument("--workers", type=nonneg_int,
                        help="image-file data: loader worker processes per training process (default: from the CPUs)")
-    train.add_argument("--max-bad-images", type=int, default=100,
+    train.add_argument("--max-bad-images", type=nonneg_int, default=100,
                        help="image-file data: unreadable images skipped (and counted) before the run stops (100)")
     train.add_argument("--init", help="start from these weights: a nasforge checkpoint or a Once-for-All state_dict "
                                       "(e.g. the published ofa_D4_E6_K7 teacher)")
@@ -82,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no progress output")
     train.set_defaults(func=_cmd_train)
 
+
+def _add_search(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Add ``nasforge search``."""
     search = sub.add_parser(
         "search", parents=[common], help="search a trained supernet (Optuna samplers, shared studies, workers)",
         description="Multi-objective search over the subnets of SOURCE (a supernet.pt or a run folder of `nasforge "
@@ -96,17 +139,20 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--sampler", default="tpe",
                         help="tpe, nsga2, nsga3, gp, random (Optuna), nni-evolution, nni-random, nni-grid (NNI, "
                              "one worker; pip install 'nasforge[nni]') or a registered searcher such as predictor")
-    search.add_argument("--trials", type=int, default=40, help="finished trials wanted in the study")
+    search.add_argument("--trials", type=positive_int, default=40, help="finished trials wanted in the study")
     search.add_argument("--storage", help="Optuna storage: a .journal file, sqlite:///FILE, postgresql://...")
     search.add_argument("--study", default="nasforge", help="study to create or join")
-    search.add_argument("--workers", type=int, default=1, help="local worker processes on the same study")
-    search.add_argument("--seed", type=int, default=0)
-    search.add_argument("--image-size", type=int, help="stored image size (default: the space's largest)")
+    search.add_argument("--workers", type=positive_int, default=1, help="local worker processes on the same study")
+    search.add_argument("--seed", type=nonneg_int, default=0)
+    search.add_argument("--image-size", type=positive_int, help="stored image size (default: the space's largest)")
     search.add_argument("--latency-table", type=Path,
                         help="latency_ms from this table (`nasforge latency build-table`) instead of measuring")
     search.add_argument("--resume", action="store_true", help="continue the search in --out (--trials may add)")
     search.set_defaults(func=_cmd_search)
 
+
+def _add_space(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Add ``nasforge space list`` and ``nasforge space describe``."""
     space = sub.add_parser("space", parents=[common], help="list or describe search spaces")
     space_sub = space.add_subparsers(dest="space_command", metavar="ACTION")
     lst = space_sub.add_parser("list", parents=[common], help="registered supernets / spaces")
@@ -115,13 +161,16 @@ def build_parser() -> argparse.ArgumentParser:
     desc = space_sub.add_parser("describe", parents=[common], help="exact params/MACs of an architecture")
     desc.add_argument("space", help="space name (see `nasforge space list`)")
     desc.add_argument("--arch", help="architecture as JSON text or a JSON file (default: the largest)")
-    desc.add_argument("--resolution", type=int, help="input resolution (default: the arch's r)")
-    desc.add_argument("--num-classes", type=int, help="classifier outputs (default: the space's)")
-    desc.add_argument("--in-channels", type=int, help="input channels (default: the space's)")
+    desc.add_argument("--resolution", type=int_between(8), help="input resolution (default: the arch's r)")
+    desc.add_argument("--num-classes", type=positive_int, help="classifier outputs (default: the space's)")
+    desc.add_argument("--in-channels", type=positive_int, help="input channels (default: the space's)")
     desc.add_argument("--json", action="store_true", help="print JSON")
     desc.set_defaults(func=_cmd_space_describe)
     space.set_defaults(func=lambda args: _usage(space))
 
+
+def _add_profile(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Add ``nasforge profile``."""
     profile = sub.add_parser(
         "profile", parents=[common], help="measure the latency of an ONNX file here or on a board (--remote)",
         description="Time MODEL (an .onnx file) with a latency backend, or send it to a board running "
@@ -135,49 +184,14 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("--device", help="a device of devices.yaml (backend, threads, agent URL...); explicit "
                                            "options override its settings")
     profile.add_argument("--devices", type=Path, help="devices file (default $NASFORGE_DEVICES or ./devices.yaml)")
-    profile.add_argument("--batch", type=int, help="batch size (default 1)")
-    profile.add_argument("--runs", type=int, help="timed runs per round (default 200)")
-    profile.add_argument("--warmup", type=int, help="untimed runs first (default 20)")
-    profile.add_argument("--threads", type=int, help="intra-op threads (default 1)")
-    profile.add_argument("--input-shape", metavar="C,H,W",
+    profile.add_argument("--batch", type=positive_int, help="batch size (default 1)")
+    profile.add_argument("--runs", type=positive_int, help="timed runs per round (default 200)")
+    profile.add_argument("--warmup", type=nonneg_int, help="untimed runs first (default 20)")
+    profile.add_argument("--threads", type=positive_int, help="intra-op threads (default 1)")
+    profile.add_argument("--input-shape", metavar="C,H,W", type=positive_ints("3,32,32"),
                          help="shape of one sample without the batch dim, for models with dynamic dims")
     profile.add_argument("--json", action="store_true", help="print the result as JSON")
     profile.set_defaults(func=_cmd_profile)
-
-    agent = sub.add_parser("agent", parents=[common], help="the profiling agent that runs on a board",
-                           description="Serve latency measurements of uploaded ONNX files (on the board), or "
-                                       "create its token file.")
-    agent_sub = agent.add_subparsers(dest="agent_command", metavar="ACTION")
-    agent_serve = agent_sub.add_parser(
-        "serve", parents=[common], help="run the agent (loopback by default; reach it through ssh -L)",
-        description="Measure ONNX files POSTed with the token of --token-file, one at a time, each in a child "
-                    "process. Listens on 127.0.0.1 unless --host says otherwise; reach it from another machine "
-                    "through an SSH tunnel: ssh -L 8765:127.0.0.1:8765 BOARD.")
-    agent_serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    agent_serve.add_argument("--port", type=int, default=8765, help="TCP port (default 8765; 0 picks a free one)")
-    agent_serve.add_argument("--token-file", type=Path, required=True,
-                             help="file holding the shared token (mode 600; see `nasforge agent token`)")
-    agent_serve.add_argument("--max-mb", type=float, default=64.0, help="largest accepted upload in MiB (default 64)")
-    agent_serve.add_argument("--timeout", type=float, default=300.0,
-                             help="seconds one measurement may take (default 300)")
-    agent_serve.add_argument("--cache-dir", type=Path, help="also keep results here across restarts")
-    agent_serve.set_defaults(func=_cmd_agent_serve)
-    agent_token = agent_sub.add_parser("token", parents=[common], help="write a new random token file (mode 600)")
-    agent_token.add_argument("--out", type=Path, required=True, help="token file to create")
-    agent_token.add_argument("--force", action="store_true", help="replace an existing file")
-    agent_token.set_defaults(func=_cmd_agent_token)
-    agent.set_defaults(func=lambda args: _usage(agent))
-
-    from nasforge.cli_data import add_commands as add_data_commands
-    from nasforge.cli_deploy import add_commands
-    from nasforge.cli_prune import add_commands as add_prune_commands
-    from nasforge.cli_quantize import add_commands as add_quantize_commands
-
-    add_commands(sub, common)
-    add_prune_commands(sub, common)
-    add_quantize_commands(sub, common)
-    add_data_commands(sub, common)
-    return parser
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:
@@ -191,18 +205,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from nasforge.progress import ProgressReporter
     from nasforge.report import print_summary
 
-    cfg = load_config(args.config) if args.config else RunConfig()
-    overrides: dict[str, Any] = {}
-    if args.epochs is not None:
-        overrides["train__epochs"] = args.epochs
-    if args.trials is not None:
-        overrides["search__trials"] = args.trials
-    if args.seed is not None:
-        overrides["seed"] = args.seed
-    cfg = cfg.with_overrides(**overrides) if overrides else cfg
-    out = args.out or Path("runs") / time.strftime("run-%Y%m%d-%H%M%S")
     if args.resume and args.out is None:
         raise ConfigError("--resume needs --out DIR naming the run folder to continue")
+    saved = None if args.out is None else args.out / "config.yaml"
+    if args.config:
+        cfg = load_config(args.config)
+    elif args.resume and saved is not None and saved.is_file():
+        cfg = load_config(saved)  # the run's own config: only the options given here are checked against it
+    else:
+        cfg = RunConfig()
+    overrides = {key: value for key, value in (("train__epochs", args.epochs), ("search__trials", args.trials),
+                                               ("seed", args.seed)) if value is not None}
+    cfg = cfg.with_overrides(**overrides) if overrides else cfg
+    out = args.out or Path("runs") / time.strftime("run-%Y%m%d-%H%M%S")
     reporter = ProgressReporter(enabled=not args.quiet)
     reporter.log(f"nasforge {__version__}: run folder {out}")
     summary = run_pipeline(cfg, out, resume=args.resume, reporter=reporter)
@@ -342,18 +357,6 @@ def _cmd_space_describe(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_shape(text: str | None) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    try:
-        shape = tuple(int(d) for d in text.split(","))
-    except ValueError:
-        shape = ()
-    if not shape or any(d < 1 for d in shape):
-        raise ConfigError(f"--input-shape {text!r} is invalid; pass positive ints without the batch dim, e.g. 3,32,32")
-    return shape
-
-
 def _cmd_profile(args: argparse.Namespace) -> int:
     from nasforge.export import get_profiler
 
@@ -374,7 +377,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     defaults.pop("backend", None)
     args.backend = args.backend or "ort-cpu"
     settings = {key: getattr(args, key) if getattr(args, key) is not None else value for key, value in defaults.items()}
-    settings["input_shape"] = _parse_shape(args.input_shape)
+    settings["input_shape"] = args.input_shape
     if args.remote is not None:
         if args.token_file is None:
             raise ConfigError("--remote needs --token-file F, the file holding the agent's token")
@@ -409,33 +412,15 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_agent_serve(args: argparse.Namespace) -> int:
-    from nasforge.export._agent import AgentConfig, read_token_file, serve
-
-    if not args.max_mb > 0:
-        raise ConfigError(f"--max-mb {args.max_mb:g} is invalid; pass a size in MiB > 0")
-    config = AgentConfig(token=read_token_file(args.token_file), host=args.host, port=args.port,
-                         max_bytes=max(1, int(args.max_mb * 1024 * 1024)), timeout_s=args.timeout,
-                         cache_dir=args.cache_dir)
-    serve(config)
-    return 0
-
-
-def _cmd_agent_token(args: argparse.Namespace) -> int:
-    from nasforge.export._agent import write_token_file
-
-    path = write_token_file(args.out, overwrite=args.force)
-    print(f"wrote a new token to {path} (mode 600); copy it to the client, then: nasforge agent serve "
-          f"--token-file {path}")
-    return 0
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``nasforge`` console script; returns the exit code."""
     from nasforge.cli_prune import rewrite_argv
 
     parser = build_parser()
-    args = parser.parse_args(rewrite_argv(sys.argv[1:] if argv is None else argv))
+    try:
+        args = parser.parse_args(rewrite_argv(sys.argv[1:] if argv is None else argv))
+    except SystemExit as exc:  # --help / --version (0) or a usage error, already printed as one line (2)
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2

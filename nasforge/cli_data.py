@@ -9,6 +9,8 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+from nasforge.cli_args import finite_float, nonneg_int, positive_int
+
 __all__ = ["add_commands"]
 
 
@@ -26,8 +28,9 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     pack.add_argument("source", type=Path, help="image folder: DIR/<class>/... or DIR/train/<class>/...")
     pack.add_argument("--out", type=Path, required=True, help="output folder (new, empty, or an earlier pack of "
                                                               "SOURCE, which is overwritten)")
-    pack.add_argument("--shard-mb", type=float, default=256.0, help="image MiB per shard (default 256)")
-    pack.add_argument("--seed", type=int, default=0, help="order of the samples across shards (default 0)")
+    pack.add_argument("--shard-mb", type=finite_float(above=0.0, hint="a size in MiB, e.g. 256"), default=256.0,
+                      help="image MiB per shard (default 256)")
+    pack.add_argument("--seed", type=nonneg_int, default=0, help="order of the samples across shards (default 0)")
     pack.add_argument("--quiet", action="store_true", help="no progress bar, only the summary")
     pack.set_defaults(func=_cmd_pack)
     describe = actions.add_parser(
@@ -35,8 +38,8 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
         description="Load SPEC (e.g. digits, folder:DIR, imagenet:DIR, shards:DIR) as training would and print "
                     "its classes, split sizes and class counts as JSON. Image folders are listed, not decoded.")
     describe.add_argument("spec", help="dataset spec NAME[:PATH][?key=value&...]")
-    describe.add_argument("--image-size", type=int, help="image side (default: the dataset's)")
-    describe.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
+    describe.add_argument("--image-size", type=positive_int, help="image side (default: the dataset's)")
+    describe.add_argument("--seed", type=nonneg_int, default=0, help="split seed (default 0)")
     describe.set_defaults(func=_cmd_describe)
     data.set_defaults(func=lambda args: _usage(data))
 
@@ -48,13 +51,8 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 def _cmd_pack(args: argparse.Namespace) -> int:
     from nasforge.data._shards import pack_shards
-    from nasforge.errors import ConfigError
     from nasforge.progress import ProgressReporter
 
-    if not args.shard_mb > 0:
-        raise ConfigError(f"--shard-mb {args.shard_mb:g} is invalid; pass a size in MiB > 0 (e.g. 256)")
-    if args.seed < 0:
-        raise ConfigError(f"--seed {args.seed} is invalid; pass an integer >= 0")
     reporter = ProgressReporter(enabled=not args.quiet)
     with ExitStack() as stack:
         bars: list[Any] = []

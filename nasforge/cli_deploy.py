@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from nasforge.cli_args import nonneg_int, positive_float, positive_int
 from nasforge.errors import ConfigError
 
 __all__ = ["add_commands"]
@@ -28,9 +29,9 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     export.add_argument("--out", type=Path, required=True, help="the .onnx file to write")
     export.add_argument("--data", help="dataset spec for BN recalibration and parity (default: the run's own)")
     export.add_argument("--dynamic-batch", action="store_true", help="a symbolic batch dimension")
-    export.add_argument("--opset", type=int, default=18)
-    export.add_argument("--resolution", type=int, help="input resolution (one of the space's)")
-    export.add_argument("--atol", type=float, default=1e-4, help="largest allowed difference to PyTorch")
+    export.add_argument("--opset", type=positive_int, default=18, help="ONNX opset of the default domain (18)")
+    export.add_argument("--resolution", type=positive_int, help="input resolution (one of the space's)")
+    export.add_argument("--atol", type=positive_float, default=1e-4, help="largest allowed difference to PyTorch")
     export.add_argument("--slim", action="store_true",
                         help="apply onnxruntime's portable graph optimisations when they remove nodes")
     export.add_argument("--exporter", default="dynamo", choices=["dynamo", "torchscript"])
@@ -46,17 +47,17 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
                                            "them), a checkpoint or a run folder.")
     _source_and_device(build)
     build.add_argument("--out", type=Path, help="table file (default: latency-<device>-<space>.json)")
-    build.add_argument("--calibration", type=int, default=20,
+    build.add_argument("--calibration", type=nonneg_int, default=20,
                        help="subnets measured end to end to fit the correction (default 20)")
-    build.add_argument("--runs", type=int, help="timed runs per segment (default 100)")
-    build.add_argument("--seed", type=int, default=0)
+    build.add_argument("--runs", type=positive_int, help="timed runs per segment (default 100)")
+    build.add_argument("--seed", type=nonneg_int, default=0)
     build.set_defaults(func=_cmd_build_table)
     validate = lat_sub.add_parser("validate", parents=[common],
                                   help="MAPE and Kendall tau of a table on fresh subnets measured end to end")
     _source_and_device(validate)
     validate.add_argument("--table", type=Path, required=True, help="the table file")
-    validate.add_argument("--samples", type=int, default=30, help="random subnets to measure (default 30)")
-    validate.add_argument("--seed", type=int, default=12345)
+    validate.add_argument("--samples", type=positive_int, default=30, help="random subnets to measure (default 30)")
+    validate.add_argument("--seed", type=nonneg_int, default=12345)
     validate.add_argument("--json", action="store_true", help="print the report as JSON")
     validate.set_defaults(func=_cmd_validate_table)
     latency.set_defaults(func=lambda args: _usage(latency))

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from nasforge.cli_args import LazyChoices, lazy_text_formatter, nonneg_int, positive_float, positive_int
+
 __all__ = ["add_commands", "rewrite_argv"]
 
 _META = "prune-meta-train"
@@ -26,32 +28,53 @@ def rewrite_argv(argv: Sequence[str]) -> list[str]:
     return args
 
 
-def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
-    """Add ``prune`` and ``prune meta-train`` to the ``nasforge`` subcommands ``sub``."""
-    from nasforge.prune import list_criteria, list_models
+def _zoo_models() -> str:
+    from nasforge.prune import list_models
 
+    return ", ".join(list_models())
+
+
+def _criteria() -> list[str]:
+    from nasforge.prune import list_criteria
+
+    return [*list_criteria(), "gmn"]
+
+
+def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Add ``prune`` and ``prune meta-train`` to the ``nasforge`` subcommands ``sub`` (importing no PyTorch:
+    the zoo and criteria lists load when help is printed or ``--criterion`` is given)."""
+    _add_prune(sub, common)
+    _add_meta_train(sub, common)
+
+
+def _add_prune(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "prune", parents=[common], help="structured pruning to a MACs/params/latency target, with finetuning",
         description="Prune SOURCE to --target, finetune, and report MACs, params, accuracy and measured latency "
-                    "before/after. SOURCE: zoo:NAME[?key=value] (" + ", ".join(list_models()) + "; with --weights "
+                    "before/after. SOURCE: zoo:NAME[?key=value] ({zoo}; with --weights "
                     "or --train-epochs), a supernet checkpoint or run folder (--arch), a run's subnets/K folder, or a "
                     "model.pt written by nasforge prune. `nasforge prune meta-train --help` trains the graph "
-                    "metanetwork for --criterion gmn.")
+                    "metanetwork for --criterion gmn.",
+        formatter_class=lazy_text_formatter(zoo=_zoo_models))
     p.add_argument("source", help="zoo:NAME | checkpoint | run folder | RUN/subnets/K | pruned model.pt")
     p.add_argument("--target", default="macs=0.5", help="macs=0.5 | macs=2x | params=0.5 | latency_ms=3 (default "
                                                         "macs=0.5: keep half the MACs)")
-    p.add_argument("--criterion", default="l2", choices=[*list_criteria(), "gmn"])
+    p.add_argument("--criterion", default="l2", choices=LazyChoices(_criteria), metavar="NAME",
+                   help="channel ranking: %(choices)s (default %(default)s)")
     p.add_argument("--metanet", help="graph metanetwork file (--criterion gmn)")
     p.add_argument("--data", help="dataset spec (default: the run's own; required for zoo models)")
     p.add_argument("--arch", help="subnet of a checkpoint/run: largest | smallest | JSON | FILE.json")
     p.add_argument("--weights", help="state dict for a zoo model")
-    p.add_argument("--train-epochs", type=int, default=0, help="train the source first (zoo models from scratch)")
-    p.add_argument("--finetune-epochs", type=int, default=5, help="after each pruning step (default 5; 0 = none)")
-    p.add_argument("--lr", type=float, default=0.01, help="finetuning learning rate (default 0.01)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--steps", type=int, default=1, help="iterative pruning steps (geometric, finetune after each)")
+    p.add_argument("--train-epochs", type=nonneg_int, default=0,
+                   help="train the source first (zoo models from scratch)")
+    p.add_argument("--finetune-epochs", type=nonneg_int, default=5,
+                   help="after each pruning step (default 5; 0 = none)")
+    p.add_argument("--lr", type=positive_float, default=0.01, help="finetuning learning rate (default 0.01)")
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--steps", type=positive_int, default=1,
+                   help="iterative pruning steps (geometric, finetune after each)")
     p.add_argument("--per-layer", action="store_true", help="prune every layer by the same ratio (default: global)")
-    p.add_argument("--round-to", type=int, default=4, metavar="N",
+    p.add_argument("--round-to", type=positive_int, default=4, metavar="N",
                    help="keep channel counts multiples of N (default 4; 1 = any count). onnxruntime's CPU kernels "
                         "slow down on odd counts: a 3x-MACs cut measured 0.68x (slower) unaligned, 1.47x aligned")
     p.add_argument("--ignore", action="append", default=[], metavar="PATTERN",
@@ -60,10 +83,12 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
                                                    "'none' to skip)")
     p.add_argument("--no-export", action="store_true", help="do not write model.onnx")
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=nonneg_int, default=0)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=_cmd_prune)
 
+
+def _add_meta_train(sub: Any, common: argparse.ArgumentParser) -> None:
     m = sub.add_parser(_META, parents=[common], prog="nasforge prune meta-train",
                        help="train the graph metanetwork on a family of trained networks (--criterion gmn)",
                        description="Train (or reuse) --networks zoo models of one family on --data, meta-train the "
@@ -71,13 +96,14 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
                                    "network, and write it to --out.")
     m.add_argument("--model", default="resnet20", help="zoo family, e.g. resnet20 or 'resnet20?widths=[8,16,32]'")
     m.add_argument("--data", required=True, help="dataset spec")
-    m.add_argument("--networks", type=int, default=4, help="training networks (plus one validation network)")
-    m.add_argument("--train-epochs", type=int, default=10, help="epochs to train each network")
-    m.add_argument("--meta-steps", type=int, default=200, help="metanetwork optimisation steps")
+    m.add_argument("--networks", type=positive_int, default=4,
+                   help="training networks (plus one validation network)")
+    m.add_argument("--train-epochs", type=nonneg_int, default=10, help="epochs to train each network")
+    m.add_argument("--meta-steps", type=positive_int, default=200, help="metanetwork optimisation steps")
     m.add_argument("--target", default="macs=0.5", help="the MACs target used to validate checkpoints")
     m.add_argument("--workdir", type=Path, help="folder for the trained networks (default: next to --out)")
     m.add_argument("--out", type=Path, required=True, help="metanetwork file to write (.pt)")
-    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--seed", type=nonneg_int, default=0)
     m.set_defaults(func=_cmd_meta_train)
 
 

@@ -8,15 +8,26 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from nasforge.cli_args import LazyChoices, nonneg_int, positive_float, positive_int, positive_ints
 from nasforge.errors import ConfigError
 
 __all__ = ["add_commands", "infer_qat_source"]
 
 
+def _quantize_names(name: str) -> LazyChoices:
+    """``nasforge.quantize.<name>`` (METHODS, CALIBRATIONS, TARGETS), read when used: that package needs
+    PyTorch, building the parser must not."""
+
+    def load() -> tuple[str, ...]:
+        import nasforge.quantize
+
+        return tuple(getattr(nasforge.quantize, name))
+
+    return LazyChoices(load)
+
+
 def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add ``quantize`` to the ``nasforge`` subcommands ``sub``."""
-    from nasforge.quantize import CALIBRATIONS, METHODS, TARGETS
-
     p = sub.add_parser(
         "quantize", parents=[common], help="INT8 quantization of an ONNX model, checked and timed on a device",
         description="Quantize MODEL.onnx to INT8 (onnxruntime QDQ). Activations are calibrated on --calib-samples "
@@ -29,40 +40,35 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="target device from devices.yaml (default cpu; 'none' = no "
                                                    "latency, decide for this CPU)")
     p.add_argument("--devices", help="devices file (default $NASFORGE_DEVICES or ./devices.yaml)")
-    p.add_argument("--method", default="auto", choices=METHODS,
+    p.add_argument("--method", default="auto", choices=_quantize_names("METHODS"), metavar="METHOD",
                    help="static (calibrated, QDQ), dynamic (weights only; Linear-heavy models), qat (fake-quant "
                         "finetuning, then static), auto (default: dynamic when MatMul/Gemm hold most weights)")
-    p.add_argument("--calibration", default="minmax", choices=CALIBRATIONS)
-    p.add_argument("--calib-samples", type=int, default=256, help="training samples that calibrate (default 256)")
+    p.add_argument("--calibration", default="minmax", choices=_quantize_names("CALIBRATIONS"), metavar="NAME",
+                   help="activation range calibration: %(choices)s (default %(default)s)")
+    p.add_argument("--calib-samples", type=positive_int, default=256,
+                   help="training samples that calibrate (default 256)")
     p.add_argument("--per-tensor", action="store_true", help="one scale per weight tensor (default per-channel)")
     p.add_argument("--reduce-range", choices=("auto", "on", "off"), default="auto",
                    help="7-bit weights: auto (default) = on for x86 CPUs without VNNI")
     p.add_argument("--activation-type", choices=("uint8", "int8"), default="uint8")
-    p.add_argument("--target", choices=TARGETS, default="ort",
-                   help="tensorrt: symmetric int8 Q/DQ graph for TensorRT 11 (and TensorRT 10 with the INT8 flag)")
+    p.add_argument("--target", choices=_quantize_names("TARGETS"), default="ort", metavar="TARGET",
+                   help="%(choices)s (default %(default)s); tensorrt: symmetric int8 Q/DQ graph for TensorRT 11 "
+                        "(and TensorRT 10 with the INT8 flag)")
     p.add_argument("--engine", type=Path, help="with --target tensorrt: also build this TensorRT engine (needs "
                                                "TensorRT and a GPU)")
-    p.add_argument("--batch", default="1", help="batch sizes to time, comma-separated (default 1; e.g. 1,32)")
+    p.add_argument("--batch", type=positive_ints("1,32"), default=(1,),
+                   help="batch sizes to time, comma-separated (default 1; e.g. 1,32)")
     p.add_argument("--source", help="--method qat: the PyTorch model behind MODEL (a pruned model.pt, RUN/subnets/K, "
                                     "a checkpoint with --arch, zoo:NAME with --weights); default: found next to MODEL")
     p.add_argument("--arch", help="--method qat with a checkpoint --source: the subnet")
     p.add_argument("--weights", help="--method qat with a zoo:NAME --source: its state dict")
-    p.add_argument("--qat-epochs", type=int, default=2, help="fake-quant finetuning epochs (default 2)")
-    p.add_argument("--qat-lr", type=float, default=1e-3, help="fake-quant finetuning learning rate (default 1e-3)")
+    p.add_argument("--qat-epochs", type=positive_int, default=2, help="fake-quant finetuning epochs (default 2)")
+    p.add_argument("--qat-lr", type=positive_float, default=1e-3,
+                   help="fake-quant finetuning learning rate (default 1e-3)")
     p.add_argument("--out", type=Path, required=True, help="INT8 .onnx file to write")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=nonneg_int, default=0)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=_cmd_quantize)
-
-
-def _batches(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        values = ()
-    if not values or min(values) < 1:
-        raise ConfigError(f"--batch {text!r} is invalid; pass positive integers separated by commas, e.g. 1,32")
-    return values
 
 
 def _image_size(proto: Any, model: Path) -> int | None:
@@ -101,7 +107,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
                          per_channel=not args.per_tensor,
                          reduce_range={"auto": None, "on": True, "off": False}[args.reduce_range],
                          activation_type=args.activation_type, target=args.target)
-    batches = _batches(args.batch)
+    batches = tuple(args.batch)
     model = Path(args.model)
     proto = ensure_onnx_path(model)
     spec = args.data or {p.key: p.value for p in proto.metadata_props}.get("dataset")

@@ -301,12 +301,24 @@ def _check_values(cfg: RunConfig) -> None:
 
 
 def load_config(path: str | Path) -> RunConfig:
-    """Read a YAML config file (missing keys take their defaults)."""
+    """Read a YAML config file (missing keys take their defaults).
+
+    Raises:
+        ConfigError: the file is missing, unreadable, not UTF-8 text (e.g. an image), not YAML, or holds an
+            unknown key or a bad value (named in the message).
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start} is {exc.object[exc.start]:#04x}); "
+                          "pass a YAML file such as the config.yaml of a run folder") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path} ({exc.strerror or exc}); check its permissions") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

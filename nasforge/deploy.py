@@ -21,6 +21,7 @@ from nasforge.data import load_data
 from nasforge.errors import ConfigError
 from nasforge.export import export_onnx
 from nasforge.io import sha256_file
+from nasforge.runlock import file_lock
 from nasforge.supernets import Architecture, Supernet
 from nasforge.supernets.checkpoint import load_supernet
 from nasforge.supernets.evaluate import calibrated_subnet, resize
@@ -141,7 +142,8 @@ def export_subnet(
         seed: data split seed.
 
     Raises:
-        ConfigError: bad options, a source without data and no ``data`` given.
+        ConfigError: bad options, a source without data and no ``data`` given, or another process exporting to
+            ``out`` (:func:`nasforge.runlock.file_lock`; the message names it).
         ArchitectureError: an architecture outside the space.
         CheckpointError: a damaged checkpoint.
         ExportError: export or parity failed (the file is not written).
@@ -153,6 +155,17 @@ def export_subnet(
         raise ConfigError(f"--out {out} must end in .onnx (a TensorRT engine is written next to it)")
     if real_inputs < 1 or calib_images < 1:
         raise ConfigError("real_inputs and calib_images must be >= 1")
+    # One writer per destination: the .onnx file, its in-place slimming and its engine belong together.
+    with file_lock(out, "nasforge export"):
+        return _export_locked(source, out, arch=arch, fmt=fmt, data=data, dynamic_batch=dynamic_batch, opset=opset,
+                              resolution=resolution, atol=atol, calib_images=calib_images,
+                              real_inputs=real_inputs, slim=slim, exporter=exporter, seed=seed)
+
+
+def _export_locked(source: str | Path, out: Path, *, arch: str | Architecture | Mapping[str, Any] | None, fmt: str,
+                   data: str | None, dynamic_batch: bool, opset: int, resolution: int | None, atol: float,
+                   calib_images: int, real_inputs: int, slim: bool, exporter: str, seed: int) -> ExportedSubnet:
+    """:func:`export_subnet` once its arguments are checked and ``out`` is locked."""
     checkpoint, recorded_data, recorded_size, arch_file = resolve_export_source(source)
     net, _ = load_supernet(checkpoint)
     if arch is None:

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from nasforge.runlock import remove_stale_temps, temp_prefix
+
 __all__ = ["TORCH_LOAD_ERRORS", "atomic_write", "atomic_write_text", "atomic_write_bytes", "atomic_write_json", "atomic_torch_save", "sha256_file"]
 
 
@@ -22,10 +24,15 @@ TORCH_LOAD_ERRORS = (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, E
                      LookupError, AssertionError, TypeError, struct.error)
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> Path:
-    """Call ``write(fh)`` on a temporary file next to ``path``, fsync it, then rename it over ``path``."""
+    """Call ``write(fh)`` on a temporary file next to ``path``, fsync it, then rename it over ``path``.
+
+    The temporary file's name carries this process's PID (:func:`nasforge.runlock.temp_prefix`); those left
+    in the folder by killed processes are removed first.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temps(path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             write(fh)

@@ -26,6 +26,7 @@ from nasforge.io import atomic_write_json, sha256_file
 from nasforge.nas import SearchResult, TrialRecord, hypervolume_2d, pareto_front, run_search
 from nasforge.progress import ProgressReporter
 from nasforge.report import write_report
+from nasforge.runlock import run_lock
 from nasforge.supernets import Architecture, Supernet, create_supernet
 from nasforge.supernets.checkpoint import load_supernet, save_checkpoint
 from nasforge.supernets.evaluate import accuracy, calibrated_subnet, resize
@@ -52,7 +53,9 @@ def prepare_run_dir(out: Path, cfg: RunConfig, resume: bool) -> RunConfig:
     """Check the run folder (nothing is written); returns the config the run will use.
 
     A folder that already holds a run is never overwritten: without ``resume`` that is an error; with it, the
-    saved config is used (only ``search.trials`` may grow).
+    saved ``config.yaml`` is used and ``cfg`` must equal it except for ``search.trials`` (which may grow). The
+    CLI builds ``cfg`` from that saved file plus the options given with ``--resume``, so a resume repeats no
+    option and only the options it does give are compared.
     """
     saved_path = out / "config.yaml"
     if saved_path.exists() and not resume:
@@ -63,7 +66,9 @@ def prepare_run_dir(out: Path, cfg: RunConfig, resume: bool) -> RunConfig:
         saved = load_config(saved_path)
         diff = _differences(saved.to_dict(), cfg.with_overrides(search__trials=saved.search.trials).to_dict())
         if diff:
-            raise ConfigError(f"--resume keeps the run's saved config; these settings differ: {', '.join(diff)}")
+            raise ConfigError(f"--resume keeps the run's saved config ({saved_path}); these settings differ: "
+                              f"{', '.join(diff)}; drop the options or --config that change them (only --trials "
+                              "may change), or start a new run in another --out")
         cfg = saved.with_overrides(search__trials=cfg.search.trials)
     return cfg
 
@@ -82,9 +87,18 @@ def _differences(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -
 
 def run_pipeline(cfg: RunConfig, out: str | Path, *, resume: bool = False,
                  reporter: ProgressReporter | None = None) -> RunSummary:
-    """Run every stage of ``nasforge run`` into the folder ``out`` and return the summary."""
+    """Run every stage of ``nasforge run`` into the folder ``out`` and return the summary.
+
+    ``out`` is locked for the whole run (:func:`nasforge.runlock.run_lock`), before it is checked: a second
+    writer fails with a ConfigError that names this run's PID and command.
+    """
     out = Path(out)
-    reporter = reporter or ProgressReporter(enabled=False)
+    with run_lock(out, "nasforge run"):
+        return _run_stages(cfg, out, resume, reporter or ProgressReporter(enabled=False))
+
+
+def _run_stages(cfg: RunConfig, out: Path, resume: bool, reporter: ProgressReporter) -> RunSummary:
+    """The stages of :func:`run_pipeline`, with ``out`` locked."""
     cfg = prepare_run_dir(out, cfg, resume)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()

@@ -19,6 +19,7 @@ from torch import nn
 from nasforge.data import DataSplits, load_data
 from nasforge.errors import CheckpointError, ConfigError
 from nasforge.io import atomic_write_json, atomic_write_text
+from nasforge.runlock import run_lock
 
 __all__ = ["PruneSource", "resolve_prune_source", "PruneJob", "run_prune_job"]
 
@@ -174,13 +175,25 @@ def _finetuner(job: PruneJob, data: DataSplits, log: Callable[[str], None]) -> C
 
 def run_prune_job(job: PruneJob, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run ``job``: prune, finetune, evaluate, measure, then write ``model.pt``, ``model.onnx``, ``report.json``,
-    ``report.md`` and ``widths.png`` into ``job.out`` (each atomically). Returns the report as a dict."""
-    from nasforge.prune import evaluate_accuracy, make_loss_fn, parse_target, prune, train_classifier
+    ``report.md`` and ``widths.png`` into ``job.out`` (each atomically). Returns the report as a dict.
+
+    ``job.out`` is locked for the whole job (:func:`nasforge.runlock.run_lock`): a second ``nasforge prune`` into
+    the same folder fails with a ConfigError that names this one.
+    """
+    from nasforge.prune import parse_target
     from nasforge.prune._criteria import get_criterion
 
     parse_target(job.target)  # fail before any loading or training
     if job.criterion != "gmn":
         get_criterion(job.criterion)
+    with run_lock(job.out, "nasforge prune"):
+        return _run_locked(job, log)
+
+
+def _run_locked(job: PruneJob, log: Callable[[str], None]) -> dict[str, Any]:
+    from nasforge.prune import evaluate_accuracy, make_loss_fn, prune, train_classifier
+    from nasforge.prune._criteria import get_criterion
+
     src = resolve_prune_source(job.source, arch=job.arch, data=job.data, weights=job.weights, seed=job.seed)
     data = src.data
     if job.train_epochs > 0:

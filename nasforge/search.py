@@ -5,8 +5,11 @@ A search job = supernet checkpoint + data + objectives + constraints + sampler +
 ``postgresql://...``); ``study`` names the study to create or join, so machines that run the same command
 against one database share it. ``workers=N`` starts N local processes on the same storage; they stop together
 at ``trials`` (an NNI sampler, ``nni-evolution`` / ``nni-random`` / ``nni-grid``, runs one sequential worker
-whose NNI home, ``nni-experiments``, is ``OUT``). A worker killed mid-trial leaves a trial that the others (or
-the next run) fail and retry (:mod:`nasforge.nas._heartbeat`). The run folder gets ``search.json``,
+whose NNI home, ``nni-experiments``, is ``OUT``). The parent supervises the local workers
+(:mod:`nasforge.nas._supervisor`): a worker that dies has its trial failed and retried at once and is replaced,
+at most ``workers`` times, after which the search stops with one line. A worker on another machine that dies
+leaves a trial that the others (or the next run) fail and retry after its heartbeats stop
+(:mod:`nasforge.nas._heartbeat`). The run folder gets ``search.json``,
 ``trials.csv``, ``pareto.csv``, ``pareto.json`` (front and 2-D hypervolume with its reference point) and
 ``pareto.png``.
 """
@@ -14,10 +17,10 @@ the next run) fail and retry (:mod:`nasforge.nas._heartbeat`). The run folder ge
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +32,8 @@ from nasforge.io import atomic_write_json, atomic_write_text
 from nasforge.nas import SearchResult, hypervolume_2d, parse_objective, plot_pareto, run_search
 from nasforge.nas._nni import nni_strategy
 from nasforge.nas._storage import redact_storage, resolve_storage
+from nasforge.nas._supervisor import SearchWorkerError, SupervisorReport, supervise_workers
+from nasforge.runlock import run_lock
 from nasforge.supernets import Architecture, Supernet
 from nasforge.supernets.checkpoint import load_supernet
 from nasforge.supernets.evaluate import evaluate_arch, resize
@@ -205,21 +210,35 @@ def _table_latency(job: SearchJob, net: Supernet) -> Callable[[Architecture], fl
     return lambda arch: table.predict(net, arch)
 
 
-def _worker_entry(args: tuple[SearchJob, int]) -> int:
-    _worker(*args)
-    return args[1]
+def _worker_entry(job: SearchJob, worker: int) -> None:
+    _worker(job, worker)
 
 
 def run_search_job(job: SearchJob, *, workers: int = 1, resume: bool = False,
-                   log: Callable[[str], None] = print) -> SearchResult:
+                   log: Callable[[str], None] = print, max_restarts: int | None = None) -> SearchResult:
     """Run ``job`` with ``workers`` local processes (1: in this process) and write the results in ``job.out``.
 
+    Several workers run under a supervisor (:func:`~nasforge.nas._supervisor.supervise_workers`): a worker that
+    dies has its running trial failed and retried at once and is replaced, at most ``max_restarts`` times
+    (default ``workers``). The results are written whenever the study exists, also when the search stopped.
+
     Raises:
-        ConfigError: bad objectives/constraints/sampler, ``out`` holding another search without ``resume``,
-            workers with an in-memory storage.
+        ConfigError: bad objectives/constraints/sampler, ``out`` holding another search without ``resume`` or
+            ``resume`` without a search in ``out``, workers with an in-memory storage.
+        ConfigError: another process is writing ``out`` (the message names its PID).
+        SearchWorkerError: workers kept dying (after the results so far are written).
+        NasforgeError: the error a worker raised (a bad data spec, say).
     """
     if workers < 1:
         raise ConfigError(f"--workers {workers} must be >= 1")
+    with run_lock(job.out, "nasforge search"):  # the parent only: workers run _worker_entry, never this
+        return _run_search_job(job, workers=workers, resume=resume, log=log, max_restarts=max_restarts)
+
+
+def _run_search_job(job: SearchJob, *, workers: int, resume: bool, log: Callable[[str], None],
+                    max_restarts: int | None) -> SearchResult:
+    """:func:`run_search_job` with ``job.out`` locked against a second writer."""
+    _check_out(Path(job.out), resume)  # before the storage is opened: a journal in OUT would create OUT
     for o in job.objectives:
         parse_objective(o)
     from nasforge.nas import parse_constraint
@@ -235,21 +254,38 @@ def run_search_job(job: SearchJob, *, workers: int = 1, resume: bool = False,
     resolve_storage(job.storage_url)  # and a missing database driver or an unreachable database
     out = Path(job.out)
     record = out / "search_job.json"
-    if record.exists() and not resume:
-        raise ConfigError(f"{out} already holds a search; pass --resume to continue it (or --trials to add "
-                          "trials) or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(record, {**asdict(job), "storage": job.storage and redact_storage(job.storage),
                                "workers": workers})
     if workers == 1:
         result = _worker(job, 0)
-    else:
-        log(f"starting {workers} workers on {redact_storage(job.storage_url)} (study {job.study!r})")
-        with mp.get_context("spawn").Pool(workers) as pool:
-            for w in pool.imap_unordered(_worker_entry, [(job, w) for w in range(workers)]):
-                log(f"worker {w} finished")
-        result = _collect(job)
+        write_results(result, out, job)
+        return result
+    log(f"starting {workers} workers on {redact_storage(job.storage_url)} (study {job.study!r})")
+    report = supervise_workers(partial(_worker_entry, job), workers, storage=job.storage_url, study_name=job.study,
+                               n_trials=job.trials, max_restarts=max_restarts, log=log, trace_dir=out)
+    return _finish(job, out, report)
+
+
+def _check_out(out: Path, resume: bool) -> None:
+    record = out / "search_job.json"
+    if record.exists() and not resume:
+        raise ConfigError(f"{out} already holds a search; pass --resume to continue it (or --trials to add "
+                          "trials) or choose another --out")
+    if resume and not record.exists():
+        raise ConfigError(f"nothing to resume in {out} (no search_job.json); start it without --resume")
+
+
+def _finish(job: SearchJob, out: Path, report: SupervisorReport) -> SearchResult:
+    """Write the supervised search's results; raise with one line if its workers kept dying."""
+    if report.finished < 0:  # no worker got as far as creating the study
+        raise SearchWorkerError(f"{report.gave_up or 'the workers ended before the study was created'}; "
+                                f"nothing to write in {out}")
+    result = _collect(job)
     write_results(result, out, job)
+    if report.gave_up is not None:
+        raise SearchWorkerError(f"{report.gave_up}; results so far in {out}; fix the cause and continue with "
+                                "--resume")
     return result
 
 

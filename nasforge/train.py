@@ -8,9 +8,10 @@ Under ``torchrun`` every process calls :func:`train_supernet`; rank 0 writes fil
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,10 +19,11 @@ from typing import Any
 import torch
 
 from nasforge.data import AugmentRecipe, DataSplits, FileSplit, LoaderOptions, load_data
-from nasforge.distributed import init_distributed
+from nasforge.distributed import DistContext, init_distributed
 from nasforge.errors import ConfigError
 from nasforge.io import atomic_write_json
 from nasforge.progress import ProgressReporter
+from nasforge.runlock import run_lock
 from nasforge.supernets import Supernet, create_supernet, get_supernet_entry
 from nasforge.supernets.checkpoint import load_supernet, save_checkpoint
 from nasforge.supernets.trainers import TrainConfig, Trainer, get_trainer, list_trainers
@@ -74,7 +76,8 @@ def train_supernet(
             trainer's own options (e.g. ``shrink_point`` for ``deps``, ``g_acc`` for ``sorted``).
 
     Raises:
-        ConfigError: unknown space/trainer/option, or ``out`` already holds another run.
+        ConfigError: unknown space/trainer/option, ``out`` already holds another run, or another process is
+            writing ``out`` (rank 0 holds :func:`nasforge.runlock.run_lock` on it for the whole run).
         CheckpointError: a damaged checkpoint or one written with other settings.
     """
     get_supernet_entry(space)  # unknown names fail before anything is written
@@ -92,48 +95,70 @@ def train_supernet(
     request = {"space": space, "trainer": trainer, "data": data, "image_size": image_size,
                "supernet_options": supernet_options or {}, "train_config": dataclasses.asdict(config),
                "augment": recipe.to_dict(), "init": str(init) if init is not None else None}
-    _check_out(out, request, resume)
+    with _rank0_lock(out, ctx):  # before the folder is checked: two runs cannot both find it free
+        _check_out(out, request, resume)
 
-    probe = create_supernet(space, **(supernet_options or {}))
-    size = image_size or probe.resolution(probe.space.largest())
-    splits = load_data(data, image_size=size, seed=seed, augment=recipe, loading=loading)
-    options = {"num_classes": splits.num_classes, "in_channels": splits.in_channels, **(supernet_options or {})}
-    final = out / "supernet.pt"
-    reporter = ProgressReporter(enabled=progress and ctx.is_main)
-    if resume and final.is_file():
-        net, state = load_supernet(final)
-        reporter.log(f"training already finished; loaded {final}")
-        return TrainResult(out, net, list(state.get("history", [])), final)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        net = create_supernet(space, **options)
-    if init is not None:
-        from nasforge.supernets.warm_start import load_initial_weights
+        probe = create_supernet(space, **(supernet_options or {}))
+        size = image_size or probe.resolution(probe.space.largest())
+        splits = load_data(data, image_size=size, seed=seed, augment=recipe, loading=loading)
+        options = {"num_classes": splits.num_classes, "in_channels": splits.in_channels,
+                   **(supernet_options or {})}
+        final = out / "supernet.pt"
+        reporter = ProgressReporter(enabled=progress and ctx.is_main)
+        if resume and final.is_file():
+            net, state = load_supernet(final)
+            reporter.log(f"training already finished; loaded {final}")
+            return TrainResult(out, net, list(state.get("history", [])), final)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            net = create_supernet(space, **options)
+        if init is not None:
+            from nasforge.supernets.warm_start import load_initial_weights
 
-        reporter.log(f"initial weights: {load_initial_weights(net, init)} from {init}")
-    if ctx.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / "train.json", {**request, "world_size": ctx.world_size})
-    ctx.barrier()
-    job = get_trainer(trainer, config)
-    phases = job.phases(net.space)
-    total = sum(p.epochs for p in phases)
-    reporter.log(f"training {space} with {trainer} on {data} ({len(splits.train)} images, {ctx.world_size} "
-                 f"process(es) on {ctx.device}, {config.precision}{_loader_text(splits, loading)}): {len(phases)} "
-                 f"phase(s), {total} epoch(s) - " + ", ".join(f"{p.name} {p.epochs}" for p in phases))
-    history = fit_with_progress(job, net, splits, reporter, supernet_name=space, supernet_options=options,
-                                checkpoint_dir=out / "checkpoints", resume=resume, dist=ctx)
-    net.cpu()
-    if ctx.is_main:
-        save_checkpoint(final, net, space, options, history=history, trainer=trainer,
-                        train_config=dataclasses.asdict(config))
-        atomic_write_json(out / "train_history.json", history)
-        if history:
-            from nasforge.report import plot_training
+            reporter.log(f"initial weights: {load_initial_weights(net, init)} from {init}")
+        if ctx.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(out / "train.json", {**request, "world_size": ctx.world_size})
+        ctx.barrier()
+        job = get_trainer(trainer, config)
+        phases = job.phases(net.space)
+        total = sum(p.epochs for p in phases)
+        reporter.log(f"training {space} with {trainer} on {data} ({len(splits.train)} images, {ctx.world_size} "
+                     f"process(es) on {ctx.device}, {config.precision}{_loader_text(splits, loading)}): "
+                     f"{len(phases)} phase(s), {total} epoch(s) - "
+                     + ", ".join(f"{p.name} {p.epochs}" for p in phases))
+        history = fit_with_progress(job, net, splits, reporter, supernet_name=space, supernet_options=options,
+                                    checkpoint_dir=out / "checkpoints", resume=resume, dist=ctx)
+        net.cpu()
+        if ctx.is_main:
+            save_checkpoint(final, net, space, options, history=history, trainer=trainer,
+                            train_config=dataclasses.asdict(config))
+            atomic_write_json(out / "train_history.json", history)
+            if history:
+                from nasforge.report import plot_training
 
-            plot_training(history, out / "training.png")
-    ctx.barrier()
-    return TrainResult(out, net, history, final)
+                plot_training(history, out / "training.png")
+        ctx.barrier()
+        return TrainResult(out, net, history, final)
+
+
+@contextlib.contextmanager
+def _rank0_lock(out: Path, ctx: DistContext) -> Iterator[None]:
+    """:func:`~nasforge.runlock.run_lock` on ``out``, held by rank 0 for the whole run. Under torchrun the other
+    ranks wait for rank 0's answer (not at a barrier it would never reach) and fail with the same message."""
+    with contextlib.ExitStack() as stack:
+        failure: ConfigError | None = None
+        if ctx.is_main:
+            try:
+                stack.enter_context(run_lock(out, "nasforge train"))
+            except ConfigError as err:
+                failure = err
+        message = ctx.broadcast_object(None if failure is None else str(failure))
+        if failure is not None:
+            raise failure
+        if message is not None:
+            raise ConfigError(str(message))
+        yield
 
 
 def make_train_config(trainer: str, seed: int, values: dict[str, Any]) -> TrainConfig:

@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from nasforge.errors import ConfigError, ExportError
-from nasforge.export._onnx_io import single_input_spec
+from nasforge.export._onnx_io import InputSpec, single_input_spec
 from nasforge.io import atomic_write_json, atomic_write_text
+from nasforge.runlock import file_lock, remove_stale_temps
 
 from ._capabilities import RangeDecision, choose_reduce_range, device_fingerprint
 from ._checks import OutputCheck, check_outputs
@@ -203,7 +204,9 @@ def quantize(
 
     Raises:
         ExportError: ``model`` is missing or not ONNX, or onnxruntime cannot quantize it.
-        ConfigError: bad settings, ``out`` equal to ``model``, static quantization or QAT without data.
+        ConfigError: bad settings, ``out`` equal to ``model``, static quantization or QAT without data, or
+            another process writing ``out`` (:func:`nasforge.runlock.file_lock`; temporary folders of killed
+            quantizations next to ``out`` are removed).
         DataError: the data does not fit the model's input.
     """
     started = time.perf_counter()
@@ -218,54 +221,59 @@ def quantize(
     spec = single_input_spec(proto, src)
     if config.method in ("static", "qat") and data is None:
         raise ConfigError(f"--method {config.method} needs calibration data; pass --data SPEC (the task's dataset)")
+    if config.method == "qat" and torch_model is None:
+        raise ConfigError("--method qat finetunes the PyTorch model behind the ONNX file; pass it (the CLI "
+                          "takes --source: a pruned model.pt, RUN/subnets/K or zoo:NAME)")
     dev = _resolve_device(device, devices_file)
     decision = decide_range(config, dev, fingerprint)
     say(f"reduce_range={decision.reduce_range}: {decision.reason}")
-    dst.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(dst, "nasforge quantize"):  # one writer per INT8 file and its report
+        remove_stale_temps(dst.parent)
+        calib, val_x, val_y = _check_inputs(data, config, spec, src, check_samples)
+        qat_record = None
+        fp32_for_int8 = src
+        if config.method == "qat":
+            from ._qat import qat_to_onnx
 
-    calib = val_x = val_y = None
-    if data is not None:
-        calib = fit_inputs(data.train.head(config.calib_samples), spec.dims, f"'{src.name}'")
-        val_x = fit_inputs(data.val.head(check_samples), spec.dims, f"'{src.name}'")
-        val_y = data.val.y[:check_samples].numpy()
-    qat_record = None
-    fp32_for_int8 = src
-    if config.method == "qat":
-        from ._qat import qat_to_onnx
+            fp32_for_int8 = dst.with_name(dst.stem + ".qat-fp32.onnx")
+            qat_record = qat_to_onnx(torch_model, data, fp32_for_int8,  # type: ignore[arg-type]
+                                     reduce_range=decision.reduce_range, per_channel=config.per_channel,
+                                     example_shape=spec.dims, log=say, **(qat_options or {}))
+        say(f"quantizing {src.name} ({config.method}) ...")
+        result = quantize_onnx(fp32_for_int8, dst, config, reduce_range=decision.reduce_range, calib_x=calib)
+        check: OutputCheck = check_outputs(src, dst, val_x, val_y, factor=config.saturation_factor,
+                                           margin=config.saturation_margin, kernels=config.target != "tensorrt")
+        latency: dict[str, dict[str, float]] = {}
+        if dev is not None:
+            say(f"measuring FP32 and INT8 on {dev.name} ...")
+            latency = _measure(dev, src, dst, batches, spec.dims[0])
+        trt = None
+        if config.target == "tensorrt":
+            from ._trt import tensorrt_plans, tensorrt_qdq_problems
 
-        if torch_model is None:
-            raise ConfigError("--method qat finetunes the PyTorch model behind the ONNX file; pass it (the CLI "
-                              "takes --source: a pruned model.pt, RUN/subnets/K or zoo:NAME)")
-        fp32_for_int8 = dst.with_name(dst.stem + ".qat-fp32.onnx")
-        qat_record = qat_to_onnx(torch_model, data, fp32_for_int8, reduce_range=decision.reduce_range,  # type: ignore[arg-type]
-                                 per_channel=config.per_channel, example_shape=spec.dims, log=say,
-                                 **(qat_options or {}))
-    say(f"quantizing {src.name} ({config.method}) ...")
-    result = quantize_onnx(fp32_for_int8, dst, config, reduce_range=decision.reduce_range, calib_x=calib)
-    if val_x is None:
+            trt = {"problems": tensorrt_qdq_problems(dst), "plans": tensorrt_plans(dst)}
+        report = QuantReport(source=str(src), output=str(dst), config=config.to_dict(), method=result.method,
+                             range_decision=decision.to_dict(), settings=result.settings, check=check.to_dict(),
+                             latency=latency, device={} if dev is None else dev.to_dict(), tensorrt=trt,
+                             qat=qat_record, seconds=time.perf_counter() - started)
+        if write_report:
+            json_path, md_path = report_paths(dst)
+            atomic_write_json(json_path, report.to_dict())
+            atomic_write_text(md_path, report.to_markdown())
+    return report
+
+
+def _check_inputs(data: DataSplits | None, config: QuantConfig, spec: InputSpec, src: Path, check_samples: int
+                  ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
+    """``(calibration inputs, check inputs, check labels)`` shaped for the model; without data: no calibration,
+    64 seeded random check inputs and no labels."""
+    if data is None:
         rng = np.random.default_rng(0)
         shape = [d or 1 for d in spec.dims[1:]]
-        val_x = rng.standard_normal((64, *shape)).astype(np.float32)
-    check: OutputCheck = check_outputs(src, dst, val_x, val_y, factor=config.saturation_factor,
-                                       margin=config.saturation_margin, kernels=config.target != "tensorrt")
-    latency: dict[str, dict[str, float]] = {}
-    if dev is not None:
-        say(f"measuring FP32 and INT8 on {dev.name} ...")
-        latency = _measure(dev, src, dst, batches, spec.dims[0])
-    trt = None
-    if config.target == "tensorrt":
-        from ._trt import tensorrt_plans, tensorrt_qdq_problems
-
-        trt = {"problems": tensorrt_qdq_problems(dst), "plans": tensorrt_plans(dst)}
-    report = QuantReport(source=str(src), output=str(dst), config=config.to_dict(), method=result.method,
-                         range_decision=decision.to_dict(), settings=result.settings, check=check.to_dict(),
-                         latency=latency, device={} if dev is None else dev.to_dict(), tensorrt=trt,
-                         qat=qat_record, seconds=time.perf_counter() - started)
-    if write_report:
-        json_path, md_path = report_paths(dst)
-        atomic_write_json(json_path, report.to_dict())
-        atomic_write_text(md_path, report.to_markdown())
-    return report
+        return None, rng.standard_normal((64, *shape)).astype(np.float32), None
+    calib = fit_inputs(data.train.head(config.calib_samples), spec.dims, f"'{src.name}'")
+    val_x = fit_inputs(data.val.head(check_samples), spec.dims, f"'{src.name}'")
+    return calib, val_x, data.val.y[:check_samples].numpy()
 
 
 def read_report(path: str | Path) -> dict[str, Any]:

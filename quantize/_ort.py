@@ -12,6 +12,7 @@ import numpy as np
 from nasforge.errors import ConfigError, ExportError
 from nasforge.export._onnx_io import first_line, load_onnx, single_input_spec
 from nasforge.io import atomic_write
+from nasforge.runlock import remove_stale_temps, temp_prefix
 
 from ._config import QuantConfig
 from ._inputs import ArrayReader
@@ -86,7 +87,10 @@ def quantize_onnx(src: str | Path, dst: str | Path, config: QuantConfig, *, redu
     trt = config.target == "tensorrt"
     settings: dict[str, Any] = {"method": method, "per_channel": config.per_channel, "reduce_range": reduce_range,
                                 "format": "QDQ" if method == "static" else "QOperator"}
-    with tempfile.TemporaryDirectory(dir=dst.parent if dst.parent.exists() else None) as tmp:
+    folder = dst.parent if dst.parent.is_dir() else None  # else the system's: nothing is left next to dst
+    if folder is not None:
+        remove_stale_temps(folder)  # folders left by quantizations that were killed (never a live one's)
+    with tempfile.TemporaryDirectory(prefix=temp_prefix(dst.name), suffix=".quantize", dir=folder) as tmp:
         pre = _preprocess(src, Path(tmp))
         staged = Path(tmp) / "int8.onnx"
         try:

@@ -59,3 +59,32 @@ def test_bad_yaml_and_missing_file(tmp_path: Path) -> None:
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(tmp_path / "list.yaml")
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)), "is not UTF-8 text (byte 0 is 0x89)"),
+        (bytes(range(256)) * 8, "is not UTF-8 text"),
+        (b"train:\n  epochs: 2\x00\x01\n", "not valid YAML"),
+    ],
+    ids=["png", "random-bytes", "control-characters"],
+)
+def test_binary_config_file_is_a_config_error(tmp_path: Path, content: bytes, needle: str) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_unreadable_config_file_is_a_config_error(tmp_path: Path) -> None:
+    import os
+
+    if os.name != "posix" or os.geteuid() == 0:
+        pytest.skip("root reads files whatever their mode")
+    path = tmp_path / "c.yaml"
+    path.write_text("seed: 1\n")
+    path.chmod(0)
+    with pytest.raises(ConfigError, match="cannot read config file .* check its permissions"):
+        load_config(path)

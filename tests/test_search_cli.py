@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
+from nasforge.nas._heartbeat import RETRY_ATTR, WORKER_ATTR
 from nasforge.nas._storage import resolve_storage
 from nasforge.supernets import create_supernet
 from nasforge.supernets.checkpoint import save_checkpoint
@@ -59,6 +64,104 @@ def test_two_workers_share_one_journal(checkpoint: Path, tmp_path: Path) -> None
     assert res.returncode == 0, res.stderr[-3000:]
     study = optuna.load_study(study_name="nasforge", storage=resolve_storage(out / "study.journal"))
     assert len([t for t in study.get_trials() if t.state == TrialState.COMPLETE]) == max(13, len(complete))
+
+
+def _trials(journal: Path) -> list[optuna.trial.FrozenTrial]:
+    try:
+        return optuna.load_study(study_name="nasforge", storage=resolve_storage(journal)).get_trials()
+    except KeyError:  # the workers have not created the study yet
+        return []
+
+
+def _kill_mid_trial(journal: Path, deadline: float) -> tuple[int, int]:
+    """SIGKILL the local worker of a RUNNING trial while it evaluates: ``(trial number, pid)``. The worker is
+    stopped first and killed only if its trial is still running with all its parameters (``arch`` is set) and
+    nobody holds the journal's lock (a worker killed while holding it would make the others wait out Optuna's
+    30 s lock grace)."""
+    host = socket.gethostname() + ":"
+    while time.monotonic() < deadline:
+        for t in _trials(journal):
+            owner = str(t.user_attrs.get(WORKER_ATTR, ""))
+            if t.state != TrialState.RUNNING or not owner.startswith(host):
+                continue
+            pid = int(owner[len(host):])
+            os.kill(pid, signal.SIGSTOP)
+            now = {u.number: u for u in _trials(journal)}[t.number]
+            if now.state == TrialState.RUNNING and "arch" in now.user_attrs and not os.path.lexists(f"{journal}.lock"):
+                os.kill(pid, signal.SIGKILL)
+                return t.number, pid
+            os.kill(pid, signal.SIGCONT)
+        time.sleep(0.02)
+    raise AssertionError("no worker was seen running a trial")
+
+
+def test_sigkilled_worker_does_not_hang_the_search(checkpoint: Path, tmp_path: Path) -> None:
+    """Issue 17: a worker SIGKILLed mid-trial left the parent waiting forever. Now its trial fails at once, is
+    retried, and the parent writes the results and exits 0."""
+    out = tmp_path / "kill"
+    start = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "nasforge", "search", str(checkpoint), "--data", "digits", "--out",
+                             str(out), "--trials", "6", "--workers", "2", "--sampler", "random"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        killed, pid = _kill_mid_trial(out / "study.journal", start + 60)
+        stdout, stderr = proc.communicate(timeout=60)  # the hang this test is about fails here
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, stderr[-3000:]
+    assert f"(pid {pid}) died (killed by SIGKILL); its trial {killed} failed and queued for a retry" in stderr
+    assert time.monotonic() - start < 60
+    trials = {t.number: t for t in _trials(out / "study.journal")}
+    assert trials[killed].state == TrialState.FAIL and "worker died" in trials[killed].user_attrs["error"]
+    retry = [t for t in trials.values() if t.user_attrs.get(RETRY_ATTR) == killed]
+    assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE and retry[0].params == trials[killed].params
+    complete = [t for t in trials.values() if t.state == TrialState.COMPLETE]
+    assert 6 <= len(complete) <= 7  # the budget: the killed trial does not count, two may start the last one
+    assert not [t for t in trials.values() if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    assert json.loads((out / "pareto.json").read_text())["complete"] == len(complete)
+    for name in ("pareto.csv", "trials.csv", "search.json"):
+        assert (out / name).stat().st_size > 0, name
+    assert "front of" in stdout
+
+
+def test_worker_error_is_one_line(checkpoint: Path, tmp_path: Path) -> None:
+    """A worker that fails (here: an unknown dataset, which only the workers load) ends the search with one line."""
+    res = run_cli("search", str(checkpoint), "--data", "nosuch-dataset", "--out", str(tmp_path / "w"), "--trials",
+                  "4", "--workers", "2", "--sampler", "random")
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-3000:]
+    assert res.stderr.strip().splitlines()[-1] == ("nasforge: error: unknown dataset 'nosuch-dataset'; known: "
+                                                   "cifar10, digits, folder, imagenet, shapes, shards")
+
+
+def test_resume_without_a_search_is_one_line(checkpoint: Path, tmp_path: Path) -> None:
+    out = tmp_path / "new"
+    res = run_cli("search", str(checkpoint), "--data", "digits", "--out", str(out), "--trials", "4", "--resume")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.strip() == (f"nasforge: error: nothing to resume in {out} (no search_job.json); start it "
+                                  "without --resume")
+    assert not out.exists()  # nothing written
+
+
+def test_search_that_gave_up_writes_results_then_one_line(tmp_path: Path) -> None:
+    from nasforge.nas import SearchWorkerError, SupervisorReport, run_search
+    from nasforge.search import SearchJob, _finish
+    from nasforge.supernets.arch import Dimension, SearchSpace
+
+    out = tmp_path / "gave-up"
+    job = SearchJob(checkpoint="unused.pt", data="digits", out=str(out), trials=6, sampler="random")
+    space = SearchSpace("toy", (Dimension("w", (1, 2, 3, 4), 3),))
+    with pytest.raises(SearchWorkerError, match="nothing to write"):  # no worker created the study
+        _finish(job, out, SupervisorReport(gave_up="a search worker kept dying: 3 deaths"))
+    run_search(space, lambda a: {"accuracy": sum(a["w"]) / 12, "macs": float(sum(a["w"]))}, n_trials=3,
+               sampler="random", storage=job.storage_url)
+    why = "a search worker kept dying: 3 deaths, ...; stopped with 3 of 6 trials finished"
+    with pytest.raises(SearchWorkerError) as err:
+        _finish(job, out, SupervisorReport(gave_up=why, finished=3))
+    assert str(err.value) == f"{why}; results so far in {out}; fix the cause and continue with --resume"
+    assert json.loads((out / "pareto.json").read_text())["complete"] == 3 and (out / "trials.csv").is_file()
 
 
 def test_bad_search_input_is_one_line(checkpoint: Path, tmp_path: Path) -> None:

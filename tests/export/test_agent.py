@@ -28,6 +28,7 @@ from nasforge.cli import main as cli_main
 from nasforge.errors import ConfigError, ExportError
 from nasforge.export import AgentConfig, LatencyResult, RemoteProfiler, agent_info, get_profiler, make_server
 from nasforge.export._agent import AgentServer, is_loopback, read_token_file, write_token_file
+from nasforge.export._agent_http import usable_cpus
 
 TOKEN = "test-token-0123456789abcdef"
 FAST = "runs=20&warmup=2"
@@ -191,6 +192,113 @@ def test_411_without_content_length(start_agent: Callable[..., tuple[AgentServer
     conn.close()
 
 
+# ------------------------------------------------------------------------------- raw HTTP: slow, odd, malformed
+
+
+def _raw_reply(sock: socket.socket) -> tuple[int, dict[str, str], dict[str, Any]]:
+    """Read one HTTP response from ``sock`` (the agent closes after each): status, headers, JSON body."""
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), headers, json.loads(body)
+
+
+def _raw(server: AgentServer, request: bytes) -> tuple[int, dict[str, str], dict[str, Any]]:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(request)
+        return _raw_reply(sock)
+
+
+def _upload_head(length: int | str) -> bytes:
+    return (f"POST /profile?{FAST} HTTP/1.1\r\nHost: agent\r\nAuthorization: Bearer {TOKEN}\r\n"
+            f"Content-Length: {length}\r\n\r\n").encode()
+
+
+def test_a_trickled_upload_gets_408_and_frees_the_slot(
+    start_agent: Callable[..., tuple[AgentServer, list[str]]], tiny_onnx: Path
+) -> None:
+    server, _ = start_agent(read_timeout_s=0.5)
+    assert server.read_deadline(1000) == 0.5 and server.read_deadline(8 * 2**20) == 8.0
+    sent = 0
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(_upload_head(1000))
+        while not select.select([sock], [], [], 0.1)[0]:  # 10 bytes every 0.1 s until the agent answers
+            assert time.monotonic() - started < 10, "the agent never cut the trickle off"
+            sock.sendall(b"x" * 10)
+            sent += 10
+        status, _, reply = _raw_reply(sock)
+    assert status == 408 and "--read-timeout" in reply["error"], reply
+    got = int(reply["error"].split("sent ")[1].split(" of 1000")[0])
+    assert 10 <= got <= sent, (got, sent)  # the bytes that did arrive are counted
+    assert not server.job_lock.locked()
+    status, result, _ = _call(server, "POST", f"/profile?{FAST}", tiny_onnx.read_bytes())
+    assert status == 200 and result["runs"] == 20
+
+
+def test_an_upload_cut_short_counts_the_bytes_received(
+    start_agent: Callable[..., tuple[AgentServer, list[str]]],
+) -> None:
+    server, _ = start_agent()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(_upload_head(1000) + b"x" * 10)
+        time.sleep(0.2)  # two segments: the headers and the first bytes are read before the end arrives
+        sock.sendall(b"y" * 15)
+        sock.shutdown(socket.SHUT_WR)
+        status, _, reply = _raw_reply(sock)
+    assert status == 400 and "stopped after 25 of 1000 bytes" in reply["error"], reply
+    assert not server.job_lock.locked()
+
+
+@pytest.mark.parametrize("value", [" +98", "9_8", "-1", "0x62", "98 ", "９８"])
+def test_content_length_must_be_decimal_digits(
+    start_agent: Callable[..., tuple[AgentServer, list[str]]], value: str
+) -> None:
+    server, _ = start_agent()
+    head = _upload_head("@@").replace(b"@@", value.encode("utf-8"))
+    status, headers, reply = _raw(server, head + b"x" * 98)
+    if value == "98 ":  # trailing whitespace is not part of an HTTP header value
+        assert status == 422 and "not an ONNX model" in reply["error"], reply
+        return
+    assert status == 400 and "not a byte count" in reply["error"], reply
+    assert headers["Content-Type"] == "application/json"
+
+
+def test_two_content_lengths_are_refused(start_agent: Callable[..., tuple[AgentServer, list[str]]]) -> None:
+    server, _ = start_agent()
+    head = _upload_head(5).replace(b"\r\n\r\n", b"\r\nContent-Length: 50\r\n\r\n")
+    status, _, reply = _raw(server, head + b"x" * 50)
+    assert status == 400 and "'5', '50'" in reply["error"], reply
+
+
+@pytest.mark.parametrize(
+    ("request_line", "status"),
+    [(b"GARBAGE", 400), (b"GET /info HTTP/9.9", 505), (b"GET /info HTTP/one", 400), (b"FROB /info HTTP/1.1", 501),
+     (b"GET /" + b"a" * 70000 + b" HTTP/1.1", 414)],
+    ids=["no-method", "http-9.9", "bad-version", "unknown-method", "too-long"],
+)
+def test_malformed_http_gets_a_json_answer(
+    start_agent: Callable[..., tuple[AgentServer, list[str]]], request_line: bytes, status: int
+) -> None:
+    server, logs = start_agent()
+    got, headers, reply = _raw(server, request_line + b"\r\nHost: agent\r\n\r\n")
+    assert got == status and headers["Content-Type"] == "application/json"
+    assert reply["error"].startswith("malformed HTTP request: ") and "POST /profile" in reply["error"], reply
+    assert any(f" {status} " in line for line in logs), logs
+    assert _call(server, "GET", "/info")[0] == 200  # the server is still up
+
+
+def test_info_reports_the_limits(start_agent: Callable[..., tuple[AgentServer, list[str]]]) -> None:
+    server, _ = start_agent(read_timeout_s=7.0)
+    status, info, _ = _call(server, "GET", "/info")
+    assert status == 200 and info["read_timeout_s"] == 7.0 and info["max_threads"] == usable_cpus() >= 1
+    assert _call(server, "POST", f"/profile?threads={usable_cpus() + 1}", b"x")[1]["error"].startswith(
+        f"threads={usable_cpus() + 1} is more than")
+
+
 def _external_data_bytes(folder: Path) -> bytes:
     path = folder / "external.onnx"
     onnx.save_model(
@@ -261,13 +369,42 @@ def test_504_when_the_measurement_exceeds_the_timeout(
     assert _call(server, "GET", "/info")[1]["busy"] is False
 
 
-def test_500_names_the_failure_without_the_agents_temp_path(
+def test_422_names_the_failure_without_the_agents_temp_path(
     start_agent: Callable[..., tuple[AgentServer, list[str]]], tiny_onnx: Path
 ) -> None:
     server, _ = start_agent()
     status, reply, _ = _call(server, "POST", f"/profile?{FAST}&batch=4", tiny_onnx.read_bytes())
-    assert status == 500 and "fixed batch size of 1" in reply["error"]
+    assert status == 422 and "fixed batch size of 1" in reply["error"]
     assert "nasforge-agent-" not in reply["error"] and "the uploaded model" in reply["error"]
+
+
+def _custom_op_model() -> bytes:
+    """A model that passes onnx.checker but uses an operator onnxruntime does not have."""
+    graph = helper.make_graph(
+        [helper.make_node("Frobnicate", ["X"], ["Y"], domain="com.example")],
+        "custom",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 8])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, 8])],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)]
+    )
+    model.ir_version = 10
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def test_a_custom_operator_is_the_clients_error_422(
+    start_agent: Callable[..., tuple[AgentServer, list[str]]], tmp_path: Path
+) -> None:
+    server, logs = start_agent()
+    status, reply, _ = _call(server, "POST", f"/profile?{FAST}", _custom_op_model())
+    assert status == 422 and "com.example:Frobnicate" in reply["error"], reply
+    assert "internal error" not in " ".join(logs) and not server.job_lock.locked()
+    model = tmp_path / "custom.onnx"
+    model.write_bytes(_custom_op_model())
+    with pytest.raises(ExportError, match=r"cannot measure this model \(422: .*Frobnicate"):
+        RemoteProfiler(url=server.url, token=TOKEN).measure(model, runs=20, warmup=2)
 
 
 @pytest.mark.parametrize(
@@ -279,6 +416,7 @@ def test_500_names_the_failure_without_the_agents_temp_path(
         ("foo=1", "unknown query parameter 'foo'"),
         ("backend=torch-cpu", "not offered by this agent"),
         ("input_shape=3,0", "input_shape"),
+        ("threads=100000", "usable CPU core"),
     ],
 )
 def test_400_for_bad_settings(
@@ -405,6 +543,51 @@ def test_agent_token_command_writes_a_private_file(tmp_path: Path, capsys: pytes
     assert "pass --force" in capsys.readouterr().err
 
 
+def _one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("nasforge: error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--max-mb", "inf"], "--max-mb inf is invalid; pass a finite number > 0"),
+        (["--max-mb", "nan"], "--max-mb nan is invalid"),
+        (["--max-mb", "0"], "--max-mb 0 is invalid"),
+        (["--max-mb", "-5"], "--max-mb -5 is invalid"),
+        (["--timeout", "inf"], "--timeout inf is invalid"),
+        (["--read-timeout", "0"], "--read-timeout 0 is invalid"),
+        (["--port", "65536"], "--port 65536 is invalid; pass an integer from 0 to 65535"),
+        (["--host", "0.0.0.0"], "not a loopback address"),
+        (["--host", "192.168.1.5", "--port", "0"], "--allow-remote"),
+    ],
+)
+def test_agent_serve_bad_options_are_one_line_exit_2(
+    token_file: Path, capsys: pytest.CaptureFixture[str], args: list[str], expected: str
+) -> None:
+    assert cli_main(["agent", "serve", "--token-file", str(token_file), *args]) == 2
+    assert expected in _one_line_error(capsys)
+
+
+def test_agent_token_unwritable_path_is_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    assert cli_main(["agent", "token", "--out", str(a_file / "agent.token")]) == 2
+    line = _one_line_error(capsys)
+    assert "cannot write the token file" in line and "folder you can write to" in line
+    if os.name != "posix" or os.geteuid() == 0:
+        return  # root writes into read-only folders
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    try:
+        assert cli_main(["agent", "token", "--out", str(locked / "agent.token")]) == 2
+        assert "Permission denied" in _one_line_error(capsys)
+    finally:
+        locked.chmod(0o700)
+
+
 def test_agent_config_validation() -> None:
     with pytest.raises(ConfigError, match="at least 16"):
         AgentConfig(token="short")
@@ -414,15 +597,22 @@ def test_agent_config_validation() -> None:
         AgentConfig(token=TOKEN, backends=("nope",))
     with pytest.raises(ConfigError, match="max_bytes"):
         AgentConfig(token=TOKEN, max_bytes=0)
+    for bad in (0, -1.0, float("nan"), float("inf"), True):
+        with pytest.raises(ConfigError, match="read_timeout_s=.* is invalid"):
+            AgentConfig(token=TOKEN, read_timeout_s=bad)
+        with pytest.raises(ConfigError, match="timeout_s=.* is invalid"):
+            AgentConfig(token=TOKEN, timeout_s=bad)
     assert TOKEN not in repr(AgentConfig(token=TOKEN))
 
 
-def test_loopback_by_default_and_a_warning_otherwise() -> None:
+def test_loopback_only_unless_allow_remote_and_then_a_warning() -> None:
     assert AgentConfig(token=TOKEN).host == "127.0.0.1"
     assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.5") and not is_loopback("board.local")
+    with pytest.raises(ConfigError, match=r"'0\.0\.0\.0' is not a loopback address.*ssh -L.*--allow-remote"):
+        AgentConfig(token=TOKEN, host="0.0.0.0", port=0)
     logs: list[str] = []
-    server = make_server(AgentConfig(token=TOKEN, host="0.0.0.0", port=0), log=logs.append)
+    server = make_server(AgentConfig(token=TOKEN, host="0.0.0.0", port=0, allow_remote=True), log=logs.append)
     server.server_close()
     assert len(logs) == 1 and "warning" in logs[0] and "ssh -L" in logs[0]
 
