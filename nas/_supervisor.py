@@ -265,12 +265,17 @@ def _child_main(target: Callable[[int], object], index: int, conn: Connection, t
         _send(conn, ("crash", _crash_line(exc, index, trace_dir)))
         raise SystemExit(1) from None
     finally:
+        # From here on the process is only exiting: a stop request then means plain, silent death. Raising
+        # SystemExit inside an interpreter-shutdown finalizer would print "Exception ignored ... Traceback".
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         conn.close()
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
     # As an exception, not the default instant death: the running trial is told FAIL and Optuna's journal lock
     # is released on the way out, so the parent and the other workers do not wait out the lock's 30 s grace.
+    # Only once: a second request while unwinding ends the process at once and quietly.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     raise SystemExit(128 + signum)
 
 
