@@ -36,7 +36,7 @@ from ._predictors import (
     register_latency_predictor,
 )
 from ._result import SearchResult, TrialRecord
-from ._search import run_search
+from ._search import SUBNET_METRICS, check_search_settings, run_search
 from ._storage import journal_storage_url
 from ._supervisor import SearchWorkerError, SupervisorReport, supervise_workers
 from ._table_predictor import TableLatencyPredictor
@@ -55,12 +55,14 @@ __all__ = [
     "PredictorLoopSearcher",
     "PredictorReport",
     "Progress",
+    "SUBNET_METRICS",
     "SearchResult",
     "SearchWorkerError",
     "SupervisorReport",
     "TableLatencyPredictor",
     "Searcher",
     "TrialRecord",
+    "check_search_settings",
     "evolve_on_predictors",
     "get_latency_predictor",
     "get_searcher",

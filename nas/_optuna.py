@@ -164,7 +164,8 @@ def open_study(
     space: SearchSpace, objectives: Sequence[Objective], storage: str | None, study_name: str, seed: int
 ) -> optuna.Study:
     """Create or load ``study_name`` in ``storage`` (one direction per objective, a seeded random sampler) and
-    check that a loaded study was made for the same objectives and space (a new one is tagged with them).
+    check that a loaded study was made for the same objectives and space (a new one is tagged with them; the
+    values are named after the objectives' metrics).
 
     Raises:
         ConfigError: if the stored study has other objectives or another space.
@@ -178,7 +179,17 @@ def open_study(
         load_if_exists=True,
     )
     _check_study(study, space, objectives, describe_storage(storage))
+    _name_metrics(study, objectives)
     return study
+
+
+def _name_metrics(study: optuna.Study, objectives: tuple[Objective, ...]) -> None:
+    """Give the study's values their metric names (``optuna trials``, ``optuna-dashboard`` show them)."""
+    names = [o.name for o in objectives]
+    if study.metric_names != names:
+        with warnings.catch_warnings():  # set_metric_names is marked experimental
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(names)
 
 
 @contextmanager

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from nasforge.errors import ConfigError
 from nasforge.supernets.arch import Architecture, SearchSpace
@@ -15,7 +15,10 @@ from ._optuna import OPTUNA_SAMPLERS
 from ._result import SearchResult
 from ._storage import describe_storage
 
-__all__ = ["run_search"]
+__all__ = ["SUBNET_METRICS", "check_search_settings", "run_search"]
+
+#: The metrics nasforge's subnet evaluator returns (:func:`nasforge.search.make_subnet_evaluator`).
+SUBNET_METRICS: tuple[str, ...] = ("accuracy", "macs", "params", "latency_ms", "int8_accuracy", "int8_latency_ms")
 
 
 def run_search(
@@ -82,6 +85,34 @@ def run_search(
         progress=progress,
         initial=tuple(initial),
     )
+
+
+def check_search_settings(
+    objectives: Sequence[str | Objective],
+    constraints: Sequence[str | Constraint] = (),
+    sampler: str | Searcher = "tpe",
+    *,
+    metrics: Collection[str] = SUBNET_METRICS,
+) -> tuple[tuple[Objective, ...], tuple[Constraint, ...]]:
+    """Check a search's settings before any work: objectives and constraints parse and name metrics the
+    evaluator returns (``metrics``; nasforge's subnet evaluator by default), and the sampler exists (with its
+    extra installed). Returns the parsed objectives and constraints.
+
+    Raises:
+        ConfigError: one line naming the bad value and what to pass instead.
+    """
+    parsed_objectives = parse_objectives(objectives)
+    parsed_constraints = parse_constraints(constraints)
+    known = ", ".join(metrics)
+    for o in parsed_objectives:
+        if o.name not in metrics:
+            raise ConfigError(f"objective {o.name!r} is not a metric the search measures; use one of {known}")
+    for c in parsed_constraints:
+        if c.metric not in metrics:
+            raise ConfigError(f"constraint '{c}' is on {c.metric!r}, which the search does not measure; "
+                              f"constrain one of {known}")
+    _make_searcher(sampler)
+    return parsed_objectives, parsed_constraints
 
 
 def _check_n_trials(n_trials: int) -> None:

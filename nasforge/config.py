@@ -51,10 +51,11 @@ class DataSection:
     max_bad_images: int = 100
 
     def __post_init__(self) -> None:
-        from nasforge.data import AugmentRecipe, LoaderOptions
+        from nasforge.data import AugmentRecipe, LoaderOptions, check_spec
         from nasforge.errors import DataError
 
         try:
+            check_spec(self.spec)
             AugmentRecipe.from_dict(self.augment)
             LoaderOptions(workers=self.workers, max_bad_images=self.max_bad_images)
         except DataError as exc:
@@ -73,6 +74,13 @@ class SupernetSection:
 
     name: str = "mbv3-small"
     options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from nasforge.supernets import list_supernets
+
+        if self.name not in list_supernets():
+            raise ConfigError(f"supernet {self.name!r} is unknown; use one of {list_supernets()} "
+                              "(`nasforge space list`)")
 
 
 @dataclass(frozen=True)
@@ -108,6 +116,11 @@ class SearchSection:
     latency_runs: int = 50
     latency_warmup: int = 10
 
+    def __post_init__(self) -> None:
+        from nasforge.nas import check_search_settings
+
+        check_search_settings(self.objectives, self.constraints, self.sampler)
+
 
 @dataclass(frozen=True)
 class ExportSection:
@@ -122,6 +135,13 @@ class ExportSection:
     runs: int = 200
     warmup: int = 20
     threads: int = 1
+
+    def __post_init__(self) -> None:
+        from nasforge.export import list_profilers
+
+        if self.backend not in list_profilers() or self.backend == "remote":
+            raise ConfigError(f"backend {self.backend!r} is unknown; use one of "
+                              f"{[b for b in list_profilers() if b != 'remote']} (a board: `nasforge profile --remote`)")
 
 
 @dataclass(frozen=True)

@@ -148,6 +148,23 @@ def decide_range(config: QuantConfig, device: Device | None, fingerprint: dict[s
     return choose_reduce_range(fingerprint, backend=backend)
 
 
+def _runnable_batches(batches: Sequence[int], batch_dim: int | str | None, src: Path,
+                      say: Callable[[str], None]) -> tuple[int, ...]:
+    """The asked batch sizes that ``src`` can run: a file exported with a fixed batch runs that batch only. The
+    others are named in one line; none left is an error (before any work)."""
+    if not isinstance(batch_dim, int):
+        return tuple(batches)
+    kept = tuple(b for b in batches if b == batch_dim)
+    skipped = [b for b in batches if b != batch_dim]
+    hint = "export it with --dynamic-batch (`nasforge export ... --dynamic-batch`) to time other batch sizes"
+    if not kept:
+        raise ConfigError(f"{src.name} has a fixed batch of {batch_dim}, so --batch {','.join(map(str, batches))} "
+                          f"cannot be timed; pass --batch {batch_dim} or {hint}")
+    if skipped:
+        say(f"{src.name} has a fixed batch of {batch_dim}: batch {', '.join(map(str, skipped))} skipped; {hint}")
+    return kept
+
+
 def _measure(device: Device, fp32: Path, int8: Path, batches: Sequence[int],
              batch_dim: int | None) -> dict[str, dict[str, float]]:
     """p50 of both files per batch (only batches the file can run: any for a dynamic ``batch_dim``), measured
@@ -225,6 +242,8 @@ def quantize(
         raise ConfigError("--method qat finetunes the PyTorch model behind the ONNX file; pass it (the CLI "
                           "takes --source: a pruned model.pt, RUN/subnets/K or zoo:NAME)")
     dev = _resolve_device(device, devices_file)
+    if dev is not None:
+        batches = _runnable_batches(batches, spec.dims[0], src, say)
     decision = decide_range(config, dev, fingerprint)
     say(f"reduce_range={decision.reduce_range}: {decision.reason}")
     with file_lock(dst, "nasforge quantize"):  # one writer per INT8 file and its report

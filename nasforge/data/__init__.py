@@ -30,7 +30,7 @@ from __future__ import annotations
 from nasforge.data import _cifar, _digits, _folders, _shapes, _shards  # noqa: F401
 from nasforge.data._augment import IMAGENET_MEAN, IMAGENET_STD, AugmentRecipe, BadImageError
 from nasforge.data._order import EpochPlan, StreamStats
-from nasforge.data._pipeline import load_data
+from nasforge.data._pipeline import check_spec, load_data
 from nasforge.data._registry import DatasetRequest, RawDataset, list_datasets, register_dataset
 from nasforge.data._shards import ShardTable, load_shards, pack_shards
 from nasforge.data._spec import parse_spec
@@ -55,6 +55,7 @@ __all__ = [
     "resize_batch",
     "DataSplits",
     "load_data",
+    "check_spec",
     "register_dataset",
     "list_datasets",
     "parse_spec",

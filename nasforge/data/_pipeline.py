@@ -19,7 +19,7 @@ from nasforge.data._splits import DataSplits, Split
 from nasforge.data._stream import LoaderOptions
 from nasforge.errors import DataError
 
-__all__ = ["load_data"]
+__all__ = ["check_spec", "load_data"]
 
 _MIN_IMAGE_SIZE = 4
 
@@ -96,6 +96,20 @@ def load_data(
         spec=spec.strip(),
         seed=seed,
     )
+
+
+def check_spec(spec: str) -> None:
+    """Check ``spec`` without reading data: it parses, names a registered dataset with the options it declares,
+    and its path (if any) exists.
+
+    Raises:
+        DataError: one line naming what is wrong and what to write instead.
+    """
+    name, path, options = parse_spec(spec)
+    entry = get_dataset(name)
+    _check_spec_against(entry, spec, path, options)
+    if path is not None and not Path(path).expanduser().exists():
+        raise DataError(f"dataset spec {spec!r}: {path} does not exist; pass the folder that holds the data")
 
 
 def _check_spec_against(entry: DatasetEntry, spec: str, path: str | None, options: dict[str, str]) -> None:

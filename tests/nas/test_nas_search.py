@@ -121,6 +121,7 @@ def test_constraints_reach_optuna_trials(tmp_path, toy_space: SearchSpace, metri
         )
         assert toy_space.validate(trial.user_attrs["arch"])
         assert trial.params["ks_0"] in (3, 5, 7) and trial.params["d_1"] in (2, 3)
+    assert study.metric_names == ["accuracy", "macs"]  # optuna trials / optuna-dashboard show the names
 
 
 def test_failing_evaluator_fails_trials_not_the_job(toy_space: SearchSpace, metrics_fn) -> None:

@@ -148,6 +148,26 @@ def test_latency_is_measured_on_the_device(cnn, digits, tmp_path: Path) -> None:
     assert report.device["name"] == "quick"
 
 
+def test_a_fixed_batch_file_names_the_batches_it_cannot_time(cnn, digits, tmp_path: Path) -> None:
+    from nasforge.devices import Device
+    from nasforge.errors import ConfigError
+    from nasforge.export import export_onnx
+
+    model, _ = cnn
+    fixed = tmp_path / "fixed.onnx"
+    export_onnx(model, digits.val.x[:1], fixed, exporter="torchscript", metadata={"dataset": "digits"})
+    device = Device(name="quick", backend="ort-cpu", runs=5, warmup=1)
+    said: list[str] = []
+    report = quantize(fixed, tmp_path / "q.onnx", data=digits, config=QuantConfig(method="static"), device=device,
+                      batches=(1, 32), write_report=False, log=said.append)
+    assert set(report.latency) == {"1"}
+    assert any("fixed batch of 1: batch 32 skipped" in line and "--dynamic-batch" in line for line in said), said
+    with pytest.raises(ConfigError, match="fixed batch of 1, so --batch 32 cannot be timed"):
+        quantize(fixed, tmp_path / "q32.onnx", data=digits, config=QuantConfig(method="static"), device=device,
+                 batches=(32,))
+    assert not (tmp_path / "q32.onnx").exists()
+
+
 def test_qat_finetunes_then_quantizes(cnn, digits, tmp_path: Path) -> None:
     model, fp32 = cnn
     out = tmp_path / "qat.onnx"
