@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from nasforge.errors import ArchitectureError, ConfigError
-from nasforge.io import TORCH_LOAD_ERRORS, atomic_torch_save
+from nasforge.io import TORCH_LOAD_ERRORS, atomic_torch_save, load_torch_file
 from nasforge.registry import Registry
 from nasforge.supernets.arch import Architecture, SearchSpace
 
@@ -388,13 +388,12 @@ class AccuracyPredictor:
         Raises:
             ConfigError: the file is missing, corrupt, not a predictor, or was fitted on another space.
         """
-        import torch
 
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"predictor file {path} does not exist")
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = load_torch_file(path)
         except TORCH_LOAD_ERRORS as exc:
             raise ConfigError(f"predictor file {path} is corrupt or not a predictor ({type(exc).__name__})") from None
         if not isinstance(state, dict) or not isinstance(state.get("config"), dict):

@@ -121,7 +121,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.to_dict()))
         return 0
-    print(f"wrote {result.path}: input {list(result.input_shape)}, max |onnx - torch| {result.max_abs_diff:.2e} "
+    print(f"wrote {result.path}: input [{', '.join(map(str, result.input_dims))}], max |onnx - torch| {result.max_abs_diff:.2e} "
           f"over {result.parity_inputs} inputs ({result.real_inputs} of them real images)")
     if result.slimmed is not None:
         print(f"slimming: {'kept, ' if result.slimmed['kept'] else 'not kept: '}{result.slimmed['reason']}")

@@ -44,9 +44,16 @@ class ExportedSubnet:
     metadata: dict[str, str] = field(default_factory=dict)
     slimmed: dict[str, Any] | None = None
     engine: dict[str, Any] | None = None
+    dynamic_batch: bool = False
+
+    @property
+    def input_dims(self) -> list[int | str]:
+        """The file's input dims, ``"batch"`` where the batch is dynamic (``input_shape`` is the example's)."""
+        return ["batch" if i == 0 and self.dynamic_batch else d for i, d in enumerate(self.input_shape)]
 
     def to_dict(self) -> dict[str, Any]:
         return {"path": str(self.path), "arch": self.arch.to_dict(), "input_shape": list(self.input_shape),
+                "input_dims": self.input_dims, "dynamic_batch": self.dynamic_batch,
                 "max_abs_diff": self.max_abs_diff, "parity_inputs": self.parity_inputs,
                 "real_inputs": self.real_inputs, "metadata": dict(self.metadata), "slimmed": self.slimmed,
                 "engine": self.engine}
@@ -205,7 +212,7 @@ def _export_locked(source: str | Path, out: Path, *, arch: str | Architecture | 
                          check_inputs=checks[1:], atol=atol, exporter=exporter)
     exported = ExportedSubnet(path=out, arch=chosen, input_shape=tuple(checks[0].shape), metadata=metadata,
                               max_abs_diff=result.max_abs_diff, parity_inputs=result.parity_inputs,
-                              real_inputs=len(checks))
+                              real_inputs=len(checks), dynamic_batch=dynamic_batch)
     if slim:
         from nasforge.export._slim import slim_onnx
 

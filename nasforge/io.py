@@ -15,13 +15,29 @@ from typing import IO, Any
 
 from nasforge.runlock import remove_stale_temps, temp_prefix
 
-__all__ = ["TORCH_LOAD_ERRORS", "atomic_write", "atomic_write_text", "atomic_write_bytes", "atomic_write_json", "atomic_torch_save", "sha256_file"]
+__all__ = ["TORCH_LOAD_ERRORS", "load_torch_file", "atomic_write", "atomic_write_text", "atomic_write_bytes", "atomic_write_json", "atomic_torch_save", "sha256_file"]
 
 
 # What torch.load(weights_only=True) raises on a damaged or foreign file: its unpickler fails with whatever error
 # the first bad opcode or zip record hits. Catch this tuple to turn any of them into a one-line error.
 TORCH_LOAD_ERRORS = (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError, OSError,
                      LookupError, AssertionError, TypeError, struct.error)
+
+
+def load_torch_file(path: str | os.PathLike[str]) -> Any:
+    """``torch.load(path, map_location="cpu", weights_only=True)``: tensors and plain data, nothing unpickled.
+
+    PyTorch's own warnings about the file (e.g. "Detected pickle protocol 4" on a foreign pickle) are silenced:
+    callers turn a bad file into one line (catch :data:`TORCH_LOAD_ERRORS`), which the warning would precede.
+    """
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.load(Path(path), map_location="cpu", weights_only=True)
+
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> Path:
     """Call ``write(fh)`` on a temporary file next to ``path``, fsync it, then rename it over ``path``.

@@ -18,7 +18,7 @@ from torch import nn
 
 from nasforge.data import DataSplits, load_data
 from nasforge.errors import CheckpointError, ConfigError
-from nasforge.io import atomic_write_json, atomic_write_text
+from nasforge.io import atomic_write_json, atomic_write_text, load_torch_file
 from nasforge.runlock import run_lock
 
 __all__ = ["PruneSource", "resolve_prune_source", "PruneJob", "run_prune_job"]
@@ -56,7 +56,7 @@ def _load_weights(model: nn.Module, path: str | Path) -> None:
     if not Path(path).is_file():
         raise CheckpointError(f"--weights {path} does not exist")
     try:
-        state = torch.load(Path(path), map_location="cpu", weights_only=True)
+        state = load_torch_file(Path(path))
     except TORCH_LOAD_ERRORS as exc:
         raise CheckpointError(f"--weights {path} is corrupt or not a state dict ({type(exc).__name__})") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):

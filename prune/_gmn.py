@@ -20,7 +20,7 @@ from torch import nn
 
 from nasforge.data import Split
 from nasforge.errors import CheckpointError, ConfigError
-from nasforge.io import atomic_torch_save
+from nasforge.io import atomic_torch_save, load_torch_file
 from nasforge.supernets.bn_calib import recalibrate_bn
 
 from ._graph import graph_to_params, load_graph_, network_to_graph
@@ -46,7 +46,7 @@ def load_metanet(path: str | Path) -> tuple[GraphMetanetwork, dict[str, Any]]:
     if not path.is_file():
         raise CheckpointError(f"metanetwork {path} does not exist; `nasforge prune meta-train` writes one")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_torch_file(path)
     except TORCH_LOAD_ERRORS as exc:
         raise CheckpointError(f"{path} is corrupt or not a metanetwork ({type(exc).__name__})") from None
     if not isinstance(state, dict) or state.get("format") != METANET_FORMAT:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from nasforge.errors import CheckpointError, ConfigError
-from nasforge.io import TORCH_LOAD_ERRORS, atomic_torch_save
+from nasforge.io import TORCH_LOAD_ERRORS, atomic_torch_save, load_torch_file
 
 from ._engine import PruneError, replay_history
 
@@ -65,7 +65,7 @@ def read_pruned(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"pruned model {path} does not exist")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_torch_file(path)
     except TORCH_LOAD_ERRORS as exc:
         raise CheckpointError(f"{path} is corrupt or not a nasforge pruned model ({type(exc).__name__}); point at "
                               "the model.pt that `nasforge prune` wrote") from None

@@ -5,10 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from nasforge.errors import CheckpointError
-from nasforge.io import TORCH_LOAD_ERRORS, atomic_torch_save
+from nasforge.io import TORCH_LOAD_ERRORS, atomic_torch_save, load_torch_file
 from nasforge.supernets.base import Supernet, create_supernet
 
 __all__ = ["CHECKPOINT_FORMAT", "save_checkpoint", "load_checkpoint", "load_supernet"]
@@ -36,7 +34,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} {'is a directory' if path.is_dir() else 'does not exist'}")
     # a damaged pickle stream fails in torch's unpickler with whatever error its opcodes hit first
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_torch_file(path)
     except TORCH_LOAD_ERRORS as exc:
         raise CheckpointError(f"checkpoint {path} is corrupt or not a nasforge checkpoint ({type(exc).__name__} "
                               "while reading it); point at another file or re-create it") from None

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from nasforge.errors import CheckpointError
-from nasforge.io import TORCH_LOAD_ERRORS
+from nasforge.io import TORCH_LOAD_ERRORS, load_torch_file
 from nasforge.supernets.mbv3 import ElasticMobileNetV3, ofa_widths
 
 __all__ = ["ofa_key_map", "ofa_to_nasforge_state_dict", "nasforge_to_ofa_state_dict", "load_ofa_checkpoint",
@@ -281,7 +281,7 @@ def _read(path: Path) -> Any:
         raise CheckpointError(f"OFA checkpoint {path} {'is a directory' if path.is_dir() else 'does not exist'}")
     # a damaged pickle stream fails in torch's unpickler with whatever error its opcodes hit first
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return load_torch_file(path)
     except TORCH_LOAD_ERRORS as exc:
         raise CheckpointError(f"OFA checkpoint {path} is corrupt or not a torch checkpoint ({type(exc).__name__} "
                               "while reading it); download it again or point at another file") from None

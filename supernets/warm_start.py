@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from nasforge.errors import CheckpointError, ConfigError
-from nasforge.io import TORCH_LOAD_ERRORS
+from nasforge.io import TORCH_LOAD_ERRORS, load_torch_file
 from nasforge.supernets.base import Supernet, create_supernet
 from nasforge.supernets.checkpoint import load_checkpoint
 from nasforge.supernets.ofa_compat import load_ofa_checkpoint, ofa_key_map, ofa_layout, unwrap_state_dict
@@ -80,7 +80,7 @@ def _read(path: Path) -> Mapping[str, Any]:
                               "pass the path of a checkpoint file")
     # a damaged pickle stream fails in torch's unpickler with whatever error its opcodes hit first
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_torch_file(path)
     except TORCH_LOAD_ERRORS as exc:
         raise CheckpointError(f"initial weights {path} are corrupt or not a torch checkpoint ({type(exc).__name__} "
                               "while reading it); download or copy the file again, or pass another one") from None

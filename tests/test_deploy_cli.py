@@ -41,6 +41,10 @@ def test_export_command(run_folder: Path, tmp_path: Path) -> None:
     report = json.loads(res.stdout)
     assert report["max_abs_diff"] < 1e-4 and report["real_inputs"] > 1
     assert json.loads(read_metadata(out)["architecture"]) == report["arch"]
+    assert report["input_dims"][0] == "batch" and report["input_dims"][1:] == report["input_shape"][1:]
+    res = run_cli("export", str(run_folder), "--arch", "smallest", "--out", str(tmp_path / "d.onnx"),
+                  "--dynamic-batch", "--exporter", "torchscript")
+    assert res.returncode == 0 and "input [batch, 1, " in res.stdout, res.stdout  # not the example's [1, 1, ...]
     # the exported file measured on a device named in ./devices.yaml (its settings, overridable)
     (tmp_path / "devices.yaml").write_text("devices:\n  laptop: {backend: ort-cpu, threads: 1, runs: 15, warmup: 2}\n")
     res = run_cli("profile", str(out), "--device", "laptop", "--json", cwd=tmp_path)
