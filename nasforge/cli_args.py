@@ -2,9 +2,9 @@
 
 * Number types for argparse's ``type=``: a bad value stops the command at parse time with one line that quotes
   it and says what to pass (``positive_int``, ``nonneg_int``, ``int_between``, ``finite_float``).
-* :class:`LazyChoices` and :func:`lazy_text_formatter`: choices and help text that come from a registry are
-  read only when an option is used or help is printed, so building the parser imports no PyTorch (the board's
-  agent, ``nasforge agent serve``, runs without it).
+* :func:`registry_choice`: an option whose names come from a registry is checked when a command line is
+  parsed, never when help is printed, so neither building the parser nor any ``--help`` imports PyTorch (the
+  board's agent, ``nasforge agent serve``, runs without it, and help stays fast).
 * :class:`OneLineParser`: parse errors as one line and exit code 2, like every other input error.
 """
 
@@ -13,19 +13,18 @@ from __future__ import annotations
 import argparse
 import math
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import NoReturn, overload
+from collections.abc import Callable, Iterable
+from typing import NoReturn
 
 __all__ = [
-    "LazyChoices",
     "OneLineParser",
     "finite_float",
     "int_between",
-    "lazy_text_formatter",
     "nonneg_int",
     "positive_float",
     "positive_int",
     "positive_ints",
+    "registry_choice",
 ]
 
 
@@ -96,56 +95,22 @@ def positive_ints(example: str) -> Callable[[str], tuple[int, ...]]:
     return parse
 
 
-class LazyChoices(Sequence[str]):
-    """Choices loaded on first use: argparse reads them only when the option is given or help is printed.
+def registry_choice(load: Callable[[], Iterable[str]]) -> Callable[[str], str]:
+    """An argparse type: one of the names ``load()`` returns, read only when a command line is parsed.
 
-    Give the argument a ``metavar`` (otherwise argparse lists the choices when the argument is added) and
-    write ``%(choices)s`` in its help to show them.
+    Unlike ``choices=``, which argparse lists whenever help is printed, printing help never calls ``load`` (a
+    registry that needs PyTorch); write the names into the option's help text instead. A name that is not
+    registered is a usage error, ``invalid choice: 'NAME' (choose from ...)``.
     """
 
-    def __init__(self, load: Callable[[], Iterable[str]]) -> None:
-        self._load = load
-        self._values: tuple[str, ...] | None = None
+    def parse(text: str) -> str:
+        names = tuple(load())
+        if text not in names:
+            raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join(names)})")
+        return text
 
-    def _get(self) -> tuple[str, ...]:
-        if self._values is None:
-            self._values = tuple(self._load())
-        return self._values
-
-    def __contains__(self, item: object) -> bool:
-        return item in self._get()
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._get())
-
-    def __len__(self) -> int:
-        return len(self._get())
-
-    @overload
-    def __getitem__(self, index: int) -> str: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> Sequence[str]: ...
-
-    def __getitem__(self, index: int | slice) -> str | Sequence[str]:
-        return self._get()[index]
-
-    def __repr__(self) -> str:
-        return f"LazyChoices({list(self._values) if self._values is not None else '<not loaded>'})"
-
-
-def lazy_text_formatter(**fills: Callable[[], str]) -> type[argparse.HelpFormatter]:
-    """A help formatter class that replaces ``{NAME}`` in descriptions with ``fills[NAME]()`` when help is
-    printed (for lists that need a heavy import to compute)."""
-
-    class _LazyText(argparse.HelpFormatter):
-        def _format_text(self, text: str) -> str:
-            for name, fill in fills.items():
-                if "{" + name + "}" in text:
-                    text = text.replace("{" + name + "}", fill())
-            return super()._format_text(text)
-
-    return _LazyText
+    parse.__name__ = "name"
+    return parse
 
 
 class OneLineParser(argparse.ArgumentParser):

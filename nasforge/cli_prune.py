@@ -9,11 +9,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from nasforge.cli_args import LazyChoices, lazy_text_formatter, nonneg_int, positive_float, positive_int
+from nasforge.cli_args import nonneg_int, positive_float, positive_int, registry_choice
 
-__all__ = ["add_commands", "rewrite_argv"]
+__all__ = ["CRITERIA", "ZOO_MODELS", "add_commands", "rewrite_argv"]
 
 _META = "prune-meta-train"
+
+#: The zoo models and criteria that help lists, written out: printing help must import no PyTorch (the
+#: registries live in nasforge.prune). tests/test_cli_help.py checks them against the registries.
+ZOO_MODELS = ("resnet8", "resnet14", "resnet20", "resnet32", "resnet56", "mobilenetv2")
+CRITERIA = ("l1", "l2", "taylor", "bn-scale", "lamp", "random", "gmn")
 
 
 def rewrite_argv(argv: Sequence[str]) -> list[str]:
@@ -28,21 +33,16 @@ def rewrite_argv(argv: Sequence[str]) -> list[str]:
     return args
 
 
-def _zoo_models() -> str:
-    from nasforge.prune import list_models
-
-    return ", ".join(list_models())
-
-
 def _criteria() -> list[str]:
+    """The registered criteria (imports PyTorch: called only when ``--criterion`` is checked)."""
     from nasforge.prune import list_criteria
 
     return [*list_criteria(), "gmn"]
 
 
 def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
-    """Add ``prune`` and ``prune meta-train`` to the ``nasforge`` subcommands ``sub`` (importing no PyTorch:
-    the zoo and criteria lists load when help is printed or ``--criterion`` is given)."""
+    """Add ``prune`` and ``prune meta-train`` to the ``nasforge`` subcommands ``sub`` (importing no PyTorch,
+    neither now nor for ``--help``: the criteria registry is read when a ``prune`` command line is parsed)."""
     _add_prune(sub, common)
     _add_meta_train(sub, common)
 
@@ -51,16 +51,15 @@ def _add_prune(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "prune", parents=[common], help="structured pruning to a MACs/params/latency target, with finetuning",
         description="Prune SOURCE to --target, finetune, and report MACs, params, accuracy and measured latency "
-                    "before/after. SOURCE: zoo:NAME[?key=value] ({zoo}; with --weights "
+                    "before/after. SOURCE: zoo:NAME[?key=value] (" + ", ".join(ZOO_MODELS) + "; with --weights "
                     "or --train-epochs), a supernet checkpoint or run folder (--arch), a run's subnets/K folder, or a "
                     "model.pt written by nasforge prune. `nasforge prune meta-train --help` trains the graph "
-                    "metanetwork for --criterion gmn.",
-        formatter_class=lazy_text_formatter(zoo=_zoo_models))
+                    "metanetwork for --criterion gmn.")
     p.add_argument("source", help="zoo:NAME | checkpoint | run folder | RUN/subnets/K | pruned model.pt")
     p.add_argument("--target", default="macs=0.5", help="macs=0.5 | macs=2x | params=0.5 | latency_ms=3 (default "
                                                         "macs=0.5: keep half the MACs)")
-    p.add_argument("--criterion", default="l2", choices=LazyChoices(_criteria), metavar="NAME",
-                   help="channel ranking: %(choices)s (default %(default)s)")
+    p.add_argument("--criterion", default="l2", type=registry_choice(_criteria), metavar="NAME",
+                   help=f"channel ranking: {', '.join(CRITERIA)} (default %(default)s)")
     p.add_argument("--metanet", help="graph metanetwork file (--criterion gmn)")
     p.add_argument("--data", help="dataset spec (default: the run's own; required for zoo models)")
     p.add_argument("--arch", help="subnet of a checkpoint/run: largest | smallest | JSON | FILE.json")

@@ -8,22 +8,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from nasforge.cli_args import LazyChoices, nonneg_int, positive_float, positive_int, positive_ints
+from nasforge.cli_args import nonneg_int, positive_float, positive_int, positive_ints
 from nasforge.errors import ConfigError
 
-__all__ = ["add_commands", "infer_qat_source"]
+__all__ = ["CALIBRATIONS", "METHODS", "TARGETS", "add_commands", "infer_qat_source"]
 
-
-def _quantize_names(name: str) -> LazyChoices:
-    """``nasforge.quantize.<name>`` (METHODS, CALIBRATIONS, TARGETS), read when used: that package needs
-    PyTorch, building the parser must not."""
-
-    def load() -> tuple[str, ...]:
-        import nasforge.quantize
-
-        return tuple(getattr(nasforge.quantize, name))
-
-    return LazyChoices(load)
+#: ``nasforge.quantize.METHODS``, ``CALIBRATIONS`` and ``TARGETS``, written out: importing that package (numpy,
+#: onnx helpers) is too slow for ``--help``. tests/test_cli_help.py checks that they are the same.
+METHODS = ("auto", "static", "dynamic", "qat")
+CALIBRATIONS = ("minmax", "entropy", "percentile")
+TARGETS = ("ort", "tensorrt")
 
 
 def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -40,10 +34,10 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="target device from devices.yaml (default cpu; 'none' = no "
                                                    "latency, decide for this CPU)")
     p.add_argument("--devices", help="devices file (default $NASFORGE_DEVICES or ./devices.yaml)")
-    p.add_argument("--method", default="auto", choices=_quantize_names("METHODS"), metavar="METHOD",
+    p.add_argument("--method", default="auto", choices=METHODS, metavar="METHOD",
                    help="static (calibrated, QDQ), dynamic (weights only; Linear-heavy models), qat (fake-quant "
                         "finetuning, then static), auto (default: dynamic when MatMul/Gemm hold most weights)")
-    p.add_argument("--calibration", default="minmax", choices=_quantize_names("CALIBRATIONS"), metavar="NAME",
+    p.add_argument("--calibration", default="minmax", choices=CALIBRATIONS, metavar="NAME",
                    help="activation range calibration: %(choices)s (default %(default)s)")
     p.add_argument("--calib-samples", type=positive_int, default=256,
                    help="training samples that calibrate (default 256)")
@@ -51,7 +45,7 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--reduce-range", choices=("auto", "on", "off"), default="auto",
                    help="7-bit weights: auto (default) = on for x86 CPUs without VNNI")
     p.add_argument("--activation-type", choices=("uint8", "int8"), default="uint8")
-    p.add_argument("--target", choices=_quantize_names("TARGETS"), default="ort", metavar="TARGET",
+    p.add_argument("--target", choices=TARGETS, default="ort", metavar="TARGET",
                    help="%(choices)s (default %(default)s); tensorrt: symmetric int8 Q/DQ graph for TensorRT 11 "
                         "(and TensorRT 10 with the INT8 flag)")
     p.add_argument("--engine", type=Path, help="with --target tensorrt: also build this TensorRT engine (needs "
