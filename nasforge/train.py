@@ -183,21 +183,36 @@ def make_train_config(trainer: str, seed: int, values: dict[str, Any]) -> TrainC
 
 def fit_with_progress(trainer: Trainer, net: Supernet, data: DataSplits, reporter: ProgressReporter,
                       **fit_kwargs: Any) -> list[dict[str, Any]]:
-    """:meth:`Trainer.fit` with a progress bar that advances per step and a status line per epoch."""
-    total = trainer.total_epochs(net.space)
-    with reporter.task("train", total=total) as task:
+    """:meth:`Trainer.fit` with a progress bar that counts steps (epochs x steps per epoch) and moves on every
+    step, its status showing the epoch, the epoch's running loss and the throughput; off a terminal it prints
+    one line per epoch."""
+    epochs = trainer.total_epochs(net.space)
+    steps = max(1, len(data.train) // trainer.config.batch_size)  # as Trainer.fit counts them
+    with reporter.task("train", total=epochs, steps=steps) as task:
         def on_epoch(rec: dict[str, Any]) -> None:
-            val = f"  val max {rec['val_acc_max']:.3f} min {rec['val_acc_min']:.3f}" if "val_acc_max" in rec else ""
-            speed = f"  {rec['images_per_s']:.0f} img/s, data wait {rec['data_wait']:.0%}" if "images_per_s" in rec else ""
-            bad = f"  {rec['bad_images']} bad image(s) skipped" if rec.get("bad_images") else ""
-            task.update(rec["epoch"], f"{rec.get('phase', '')} epoch {rec['epoch']}/{total}  loss {rec['loss']:.3f}"
-                                      f"{val}{speed}{bad}")
+            task.update(rec["epoch"], _epoch_status(rec, epochs))
 
-        def on_step(step: int, steps: int, epoch: int, speed: dict[str, float]) -> None:
-            task.update(epoch + step / steps, f"step {step}/{steps}  {speed['images_per_s']:.0f} img/s, data wait "
-                                              f"{speed['data_wait']:.0%}", log=False)
+        def on_step(step: int, per_epoch: int, epoch: int, info: dict[str, float]) -> None:
+            if per_epoch != task.steps:
+                task.set_steps(per_epoch)
+            task.update(epoch + step / per_epoch, _step_status(step, per_epoch, epoch, epochs, info), log=False)
 
         return trainer.fit(net, data, on_epoch=on_epoch, on_step=on_step, **fit_kwargs)
+
+
+def _epoch_status(rec: dict[str, Any], epochs: int) -> str:
+    """``depth-1 epoch 3/8  loss 1.234  val max ...  512 img/s, data wait 3%``: an epoch's record in one line."""
+    val = f"  val max {rec['val_acc_max']:.3f} min {rec['val_acc_min']:.3f}" if "val_acc_max" in rec else ""
+    speed = f"  {rec['images_per_s']:.0f} img/s, data wait {rec['data_wait']:.0%}" if "images_per_s" in rec else ""
+    bad = f"  {rec['bad_images']} bad image(s) skipped" if rec.get("bad_images") else ""
+    return f"{rec.get('phase', '')} epoch {rec['epoch']}/{epochs}  loss {rec['loss']:.3f}{val}{speed}{bad}"
+
+
+def _step_status(step: int, per_epoch: int, epoch: int, epochs: int, info: dict[str, float]) -> str:
+    """``epoch 1/8  step 40/120  loss 2.101  512 img/s, data wait 3%``: where a running epoch is."""
+    loss = f"  loss {info['loss']:.3f}" if "loss" in info else ""
+    return (f"epoch {epoch + 1}/{epochs}  step {step}/{per_epoch}{loss}  {info['images_per_s']:.0f} img/s, "
+            f"data wait {info['data_wait']:.0%}")
 
 
 def _loader_text(splits: DataSplits, loading: LoaderOptions) -> str:

@@ -38,7 +38,8 @@ __all__ = ["Phase", "StepInfo", "TrainConfig", "TrainHyperparams", "Trainer", "T
            "list_trainers", "get_trainer", "trainer_class", "EpochCallback", "StepCallback", "batch_layout"]
 
 EpochCallback = Callable[[dict[str, Any]], None]
-#: (step in epoch, steps per epoch, epoch index, {"images_per_s": ..., "data_wait": ...})
+#: (step in epoch, steps per epoch, global epoch index from 0, {"images_per_s": ..., "data_wait": ..., "loss": the
+#: epoch's mean loss so far on this process}), called on rank 0 after every step
 StepCallback = Callable[[int, int, int, dict[str, float]], None]
 
 

@@ -48,6 +48,10 @@ class EpochProgress:
         return cls([float(v) for v in data.get("losses", [])], int(data.get("images", 0)),
                    float(data.get("wait_s", 0.0)), float(data.get("elapsed_s", 0.0)), list(data.get("bad", [])))
 
+    def mean_loss(self) -> float:
+        """This process's mean training loss over the epoch so far (NaN before the first step)."""
+        return sum(self.losses) / len(self.losses) if self.losses else float("nan")
+
     def speed(self, world: int = 1) -> dict[str, float]:
         """Images per second over all processes and the fraction of the time spent waiting for data."""
         elapsed = max(self.elapsed_s, 1e-9)
@@ -149,7 +153,8 @@ def run_epoch(trainer: Trainer, job: EpochJob, on_step: StepCallback | None = No
             _account(progress, stats, t0, seen)
             t0 = time.perf_counter()
             if on_step is not None and ctx.is_main:
-                on_step(i + 1, job.steps_per_epoch, job.global_epoch, progress.speed(ctx.world_size))
+                on_step(i + 1, job.steps_per_epoch, job.global_epoch,
+                        {**progress.speed(ctx.world_size), "loss": progress.mean_loss()})
             if save is not None and cfg.checkpoint_every and (i + 1) % cfg.checkpoint_every == 0 \
                     and i + 1 < job.steps_per_epoch:
                 save(i + 1, progress)
