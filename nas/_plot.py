@@ -6,12 +6,34 @@ import io
 import math
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from nasforge.errors import ConfigError
 from nasforge.io import atomic_write_bytes
 
-__all__ = ["plot_pareto"]
+__all__ = ["PlotSeries", "plot_pareto"]
+
+
+@dataclass(frozen=True)
+class PlotSeries:
+    """Points drawn apart from the trials and the front, as hollow markers with their own legend entry.
+
+    For another measurement of some of the same architectures (an export-time latency re-measure, say): it is
+    never merged into the trials or the front, whose points must all come from one measurement.
+
+    Attributes:
+        points: metrics of the points; ones lacking a finite ``x`` or ``y`` are skipped.
+        label: the legend entry, e.g. ``"export re-measure (200 runs)"``.
+        annotate: one label per point (same order as ``points``), written next to it.
+        color: marker edge colour.
+    """
+
+    points: Sequence[Mapping[str, float]]
+    label: str
+    annotate: Sequence[str] | None = None
+    color: str = "tab:blue"
 
 
 def _xy(points: Sequence[Mapping[str, float]], x: str, y: str) -> tuple[list[float], list[float]]:
@@ -22,6 +44,26 @@ def _xy(points: Sequence[Mapping[str, float]], x: str, y: str) -> tuple[list[flo
             xs.append(float(p[x]))
             ys.append(float(p[y]))
     return xs, ys
+
+
+def _annotate(ax: Any, labels: Sequence[str], xs: Sequence[float], ys: Sequence[float],
+              offset: tuple[int, int] = (5, 4)) -> None:
+    for label, xi, yi in zip(labels, xs, ys, strict=True):
+        if label:
+            ax.annotate(str(label), (xi, yi), textcoords="offset points", xytext=offset, fontsize=7)
+
+
+def _draw_series(ax: Any, series: PlotSeries, x: str, y: str) -> None:
+    """One :class:`PlotSeries` as hollow markers (annotated where it has labels)."""
+    if series.annotate is not None and len(series.annotate) != len(series.points):
+        raise ConfigError(f"series {series.label!r} has {len(series.annotate)} labels for {len(series.points)} "
+                          "points; give one label per point")
+    kept = [i for i, p in enumerate(series.points) if _xy([p], x, y)[0]]
+    xs, ys = _xy([series.points[i] for i in kept], x, y)
+    ax.scatter(xs, ys, s=36, facecolors="none", edgecolors=series.color, linewidths=1.2, label=series.label,
+               zorder=3)
+    if series.annotate is not None:
+        _annotate(ax, [series.annotate[i] for i in kept], xs, ys, offset=(5, -10))
 
 
 def _check_front(front: Sequence[Mapping[str, float]], x: str, y: str, annotate: Sequence[str] | None) -> None:
@@ -48,6 +90,9 @@ def plot_pareto(
     xlabel: str | None = None,
     ylabel: str | None = None,
     annotate: Sequence[str] | None = None,
+    trials_label: str = "trials",
+    front_label: str = "Pareto front",
+    extra: Sequence[PlotSeries] = (),
 ) -> Path:
     """Scatter every trial in grey and draw the front as a step line with markers; save a PNG atomically.
 
@@ -61,6 +106,9 @@ def plot_pareto(
         xlabel: axis label; defaults to ``x``.
         ylabel: axis label; defaults to ``y``.
         annotate: one label per front point (same order as ``front``), written next to it.
+        trials_label: legend entry of the grey trials.
+        front_label: legend entry of the front.
+        extra: further series (:class:`PlotSeries`), each drawn apart as hollow markers with its own label.
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
@@ -75,14 +123,15 @@ def plot_pareto(
     fig = Figure(figsize=(6.4, 4.8), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
-    ax.scatter(*_xy(records_all, x, y), s=14, color="0.65", label="trials", zorder=1)
+    ax.scatter(*_xy(records_all, x, y), s=14, color="0.65", label=trials_label, zorder=1)
     order = sorted(range(len(front)), key=lambda i: (float(front[i][x]), float(front[i][y])))
     fx = [float(front[i][x]) for i in order]
     fy = [float(front[i][y]) for i in order]
-    ax.step(fx, fy, where="post", color="tab:red", marker="o", markersize=5, label="Pareto front", zorder=2)
+    ax.step(fx, fy, where="post", color="tab:red", marker="o", markersize=5, label=front_label, zorder=2)
     if annotate is not None:
-        for i, xi, yi in zip(order, fx, fy, strict=True):
-            ax.annotate(str(annotate[i]), (xi, yi), textcoords="offset points", xytext=(5, 4), fontsize=7)
+        _annotate(ax, [annotate[i] for i in order], fx, fy)
+    for series in extra:
+        _draw_series(ax, series, x, y)
     ax.set_xlabel(xlabel if xlabel is not None else x)
     ax.set_ylabel(ylabel if ylabel is not None else y)
     if title:

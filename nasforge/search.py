@@ -108,18 +108,23 @@ def _recorded_data(folder: Path) -> tuple[str | None, int | None]:
 def make_subnet_evaluator(net: Supernet, data: DataSplits, *, calib_images: int = 500, latency: bool = False,
                           latency_runs: int = 50, latency_warmup: int = 10, scratch: Path | None = None,
                           backend: str = "ort-cpu", threads: int = 1, int8: bool = False,
-                          int8_config: QuantConfig | None = None) -> Callable[[Architecture], dict[str, float]]:
+                          int8_config: QuantConfig | None = None, max_cv: float = 0.1,
+                          max_remeasure: int = 3) -> Callable[[Architecture], dict[str, float]]:
     """Architecture -> metrics of its BN-recalibrated static subnet.
 
     Always ``accuracy`` (validation split, after BN recalibration on ``calib_images`` training images), ``macs``
     and ``params``. With ``latency``, ``latency_ms``: the exported ONNX subnet's median on ``backend`` with a short
-    protocol (``latency_warmup`` warm-up and ``latency_runs`` timed runs).
+    protocol (``latency_warmup`` warm-up and ``latency_runs`` timed runs), timed again while the coefficient of
+    variation exceeds ``max_cv``, at most ``max_remeasure`` more rounds (the steadiest round is kept). The metrics
+    also get ``latency_cv`` (the kept round's CV) and ``latency_unstable`` (1.0 if that CV is still above
+    ``max_cv``, else 0.0), so a number measured on a busy machine is flagged instead of trusted.
 
     With ``int8`` (quantize-in-the-loop), the same temporary ONNX export is also quantized to INT8 with
     ``int8_config`` (default: static, MinMax, per-channel), calibrated on up to 128 training images resized to
     the subnet's resolution, and the metrics get ``int8_accuracy``: top-1 of the INT8 file in onnxruntime (CPU)
     on the validation images the FP32 ``accuracy`` uses. ``int8_latency_ms`` (the INT8 file's median on
-    ``backend``, same protocol) is measured only when both ``int8`` and ``latency`` are on. ``reduce_range`` is
+    ``backend``, same protocol, with ``int8_latency_cv`` and ``int8_latency_unstable``) is measured only when both
+    ``int8`` and ``latency`` are on. ``reduce_range`` is
     decided once, here, from this machine's CPU (:func:`nasforge.quantize.decide_range`), not per trial.
     """
     calib = data.train.head(calib_images)
@@ -140,15 +145,18 @@ def make_subnet_evaluator(net: Supernet, data: DataSplits, *, calib_images: int 
             return metrics
         from nasforge.export import export_onnx, measure_latency
 
-        def median_ms(path: Path) -> float:
-            return measure_latency(path, backend=backend, runs=latency_runs, warmup=latency_warmup, threads=threads,
-                                   max_remeasure=1).median_ms
+        def timed(path: Path, key: str) -> None:
+            lat = measure_latency(path, backend=backend, runs=latency_runs, warmup=latency_warmup, threads=threads,
+                                  max_cv=max_cv, max_remeasure=max_remeasure)
+            metrics[f"{key}_ms"] = lat.median_ms
+            metrics[f"{key}_cv"] = lat.cv
+            metrics[f"{key}_unstable"] = float(lat.cv > max_cv)
 
         with tempfile.TemporaryDirectory(dir=scratch) as tmp:
             path = Path(tmp) / "trial.onnx"
             export_onnx(sub, torch.zeros(1, *net.input_shape(arch)), path, exporter="torchscript", atol=1e-3)
             if latency:
-                metrics["latency_ms"] = median_ms(path)
+                timed(path, "latency")
             if qcfg is not None:
                 from nasforge.quantize import quantize_onnx, run_onnx
 
@@ -159,7 +167,7 @@ def make_subnet_evaluator(net: Supernet, data: DataSplits, *, calib_images: int 
                 out = run_onnx(int8_path, resize(data.val.x, r).numpy(), threads=threads)
                 metrics["int8_accuracy"] = float((out.argmax(1) == val_y).mean())
                 if latency:
-                    metrics["int8_latency_ms"] = median_ms(int8_path)
+                    timed(int8_path, "int8_latency")
         return metrics
 
     return evaluate
@@ -323,9 +331,11 @@ def write_results(result: SearchResult, out: Path, job: SearchJob) -> dict[str, 
     result.to_json(out / "search.json")
     result.to_csv(out / "trials.csv")
     names = [o.name for o in result.objectives]
-    rows = [{"trial": t.number, **{k: t.metrics.get(k) for k in names}, "arch": json.dumps(t.arch.to_dict())}
-            for t in result.front]
-    header = ["trial", *names, "arch"]
+    cvs = [k for k in _CV_KEYS if any(k in t.metrics for t in result.front)]
+    stability = [*cvs, "unstable"] if cvs else []
+    rows = [{"trial": t.number, **{k: t.metrics.get(k) for k in names}, **_stability(t.metrics, cvs),
+             "arch": json.dumps(t.arch.to_dict())} for t in result.front]
+    header = ["trial", *names, *stability, "arch"]
     lines = [",".join(header)] + [",".join(_csv(r[h]) for h in header) for r in rows]
     atomic_write_text(out / "pareto.csv", "\n".join(lines) + "\n")
     summary: dict[str, Any] = {"study": result.study_name, "storage": result.storage,
@@ -343,6 +353,18 @@ def write_results(result: SearchResult, out: Path, job: SearchJob) -> dict[str, 
     return summary
 
 
+#: Coefficients of variation the subnet evaluator records next to its measured latencies.
+_CV_KEYS = ("latency_cv", "int8_latency_cv")
+
+
+def _stability(metrics: dict[str, float], cvs: Sequence[str]) -> dict[str, Any]:
+    """The front row's latency CVs and ``unstable``: whether any measured latency stayed above the CV bound."""
+    if not cvs:
+        return {}
+    flags = [metrics.get(k.replace("_cv", "_unstable")) for k in cvs]
+    return {**{k: metrics.get(k) for k in cvs}, "unstable": any(f == 1.0 for f in flags)}
+
+
 def _csv(value: Any) -> str:
     text = "" if value is None else str(value)
     return '"' + text.replace('"', '""') + '"' if ("," in text or '"' in text) else text
@@ -354,11 +376,25 @@ def summary_table(summary: dict[str, Any], limit: int = 12) -> str:
     lines = [f"{summary['complete']} complete trials of {summary['trials']}; front of {len(summary['front'])}"
              + (f"; hypervolume {summary['hypervolume']:.4g} (reference {summary['hypervolume_reference']})"
                 if "hypervolume" in summary else "")]
-    lines.append("  ".join(f"{h:>12}" for h in ["trial", *names]))
+    flagged = any("unstable" in r for r in summary["front"])
+    extra = ["latency_cv"] if flagged else []
+    lines.append("  ".join(f"{h:>12}" for h in ["trial", *names, *extra]))
     for r in summary["front"][:limit]:
-        lines.append("  ".join(f"{v:>12.6g}" if isinstance(v, float) else f"{v!s:>12}"
-                               for v in [r["trial"], *(r[n] for n in names)]))
+        cells = [r["trial"], *(r.get(n) for n in names), *(r.get(k) for k in extra)]
+        line = "  ".join(f"{v:>12.6g}" if isinstance(v, float) else f"{v!s:>12}" for v in cells)
+        lines.append(line + ("  ! unstable" if r.get("unstable") else ""))
+    if flagged:
+        lines.append(_stability_line(summary["front"]))
     return "\n".join(lines)
+
+
+def _stability_line(front: Sequence[dict[str, Any]]) -> str:
+    """One line counting the front's unstable latencies (coefficient of variation above the bound)."""
+    bad = [r for r in front if r.get("unstable")]
+    if not bad:
+        return f"all {len(front)} front latencies are stable (CV <= 0.1 after re-measuring)"
+    return (f"{len(bad)} of {len(front)} front latencies are unstable (CV > 0.1 after re-measuring, marked !): "
+            "the machine was busy; re-run the search on an idle machine before trusting them")
 
 
 def _split(values: Sequence[str]) -> tuple[str, ...]:
