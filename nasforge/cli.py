@@ -75,6 +75,7 @@ def _add_run(sub: Any, common: argparse.ArgumentParser) -> None:
                      help="continue the run in --out after a crash or stop (its config.yaml is used: repeat no "
                           "option, or give --trials N for more trials)")
     run.add_argument("--quiet", action="store_true", help="no progress output, only the summary")
+    run.add_argument("--json", action="store_true", help="print the run's summary.json instead of the table")
     run.set_defaults(func=_cmd_run)
 
 
@@ -120,6 +121,7 @@ def _add_train(sub: Any, common: argparse.ArgumentParser) -> None:
                             "of image-file data: --set augment=light or --set augment.scale=[0.35,1]")
     train.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
     train.add_argument("--quiet", action="store_true", help="no progress output")
+    train.add_argument("--json", action="store_true", help="print the result (folder, checkpoint, last epoch) as JSON")
     train.set_defaults(func=_cmd_train)
 
 
@@ -133,21 +135,26 @@ def _add_search(sub: Any, common: argparse.ArgumentParser) -> None:
     search.add_argument("source", help="supernet checkpoint or run folder")
     search.add_argument("--data", help="dataset spec (default: the one the run folder was trained on)")
     search.add_argument("--out", type=Path, help="results folder (default: runs/search-<timestamp>)")
-    search.add_argument("--objectives", default="accuracy,macs",
-                        help="comma-separated: accuracy, macs, params, latency_ms (name:max / name:min)")
-    search.add_argument("--constraint", action="append", default=[], help="e.g. macs<=5e6 (repeatable)")
-    search.add_argument("--sampler", default="tpe",
-                        help="tpe, nsga2, nsga3, gp, random (Optuna), nni-evolution, nni-random, nni-grid (NNI, "
-                             "one worker; pip install 'nasforge[nni]') or a registered searcher such as predictor")
-    search.add_argument("--trials", type=positive_int, default=40, help="finished trials wanted in the study")
+    search.add_argument("--objectives",
+                        help="comma-separated: accuracy, macs, params, latency_ms, int8_accuracy, int8_latency_ms "
+                             "(name:max / name:min; default accuracy,macs)")
+    search.add_argument("--constraint", action="append", help="e.g. macs<=5e6 (repeatable)")
+    search.add_argument("--sampler",
+                        help="tpe (default), nsga2, nsga3, gp, random (Optuna), nni-evolution, nni-random, nni-grid "
+                             "(NNI, one worker; pip install 'nasforge[nni]') or a registered searcher such as "
+                             "predictor")
+    search.add_argument("--trials", type=positive_int, help="finished trials wanted in the study (default 40)")
     search.add_argument("--storage", help="Optuna storage: a .journal file, sqlite:///FILE, postgresql://...")
-    search.add_argument("--study", default="nasforge", help="study to create or join")
+    search.add_argument("--study", help="study to create or join (default nasforge)")
     search.add_argument("--workers", type=positive_int, default=1, help="local worker processes on the same study")
-    search.add_argument("--seed", type=nonneg_int, default=0)
+    search.add_argument("--seed", type=nonneg_int, help="sampler seed (default 0)")
     search.add_argument("--image-size", type=positive_int, help="stored image size (default: the space's largest)")
     search.add_argument("--latency-table", type=Path,
                         help="latency_ms from this table (`nasforge latency build-table`) instead of measuring")
-    search.add_argument("--resume", action="store_true", help="continue the search in --out (--trials may add)")
+    search.add_argument("--resume", action="store_true",
+                        help="continue the search in --out with its recorded settings (repeat no option; --trials "
+                             "and --workers may change)")
+    search.add_argument("--json", action="store_true", help="print the results (pareto.json, with the folder) as JSON")
     search.set_defaults(func=_cmd_search)
 
 
@@ -218,9 +225,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
                                                ("seed", args.seed)) if value is not None}
     cfg = cfg.with_overrides(**overrides) if overrides else cfg
     out = args.out or Path("runs") / time.strftime("run-%Y%m%d-%H%M%S")
-    reporter = ProgressReporter(enabled=not args.quiet)
-    reporter.log(f"nasforge {__version__}: run folder {out}")
+    reporter = ProgressReporter(enabled=not args.quiet)  # the run folder is announced once its config is checked
     summary = run_pipeline(cfg, out, resume=args.resume, reporter=reporter)
+    if args.json:
+        print((out / "summary.json").read_text(encoding="utf-8").strip())
+        return 0
     print_summary(summary)
     return 0
 
@@ -272,7 +281,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
                             image_size=args.image_size, device=args.device, resume=args.resume,
                             progress=not args.quiet, init=args.init, augment=augment, workers=args.workers,
                             max_bad_images=args.max_bad_images, **hyper)
-    if int(os.environ.get("RANK", "0")) == 0 and result.history:
+    if int(os.environ.get("RANK", "0")) == 0 and args.json:
+        print(json.dumps({"out": str(result.out), "checkpoint": str(result.checkpoint), "space": args.space,
+                          "trainer": args.trainer, "epochs": len(result.history),
+                          "last_epoch": result.history[-1] if result.history else None}))
+    elif int(os.environ.get("RANK", "0")) == 0 and result.history:
         last = result.history[-1]
         print(f"trained {args.space} ({args.trainer}) in {result.out}: {len(result.history)} epoch(s), final "
               f"val acc largest {last['val_acc_max']:.4f}, smallest {last['val_acc_min']:.4f}; "
@@ -281,23 +294,38 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
-    from nasforge.search import SearchJob, _split, resolve_source, run_search_job, summary_table
+    from nasforge.search import SearchJob, _split, resolve_source, resumed_job, run_search_job, summary_table
 
     checkpoint, recorded, size = resolve_source(args.source)
-    data = args.data or recorded
-    if data is None:
-        raise ConfigError(f"{args.source} records no dataset; pass --data SPEC")
-    out = args.out or Path("runs") / time.strftime("search-%Y%m%d-%H%M%S")
-    job = SearchJob(checkpoint=str(checkpoint), data=data, out=str(out), objectives=_split([args.objectives]),
-                    constraints=tuple(args.constraint), sampler=args.sampler, trials=args.trials,
-                    storage=args.storage, study=args.study, seed=args.seed, image_size=args.image_size or size,
-                    latency_table=str(args.latency_table.resolve()) if args.latency_table else None)
+    given = {"checkpoint": str(checkpoint), "data": args.data, "sampler": args.sampler, "trials": args.trials,
+             "objectives": _split([args.objectives]) if args.objectives is not None else None,
+             "constraints": tuple(args.constraint) if args.constraint is not None else None,
+             "storage": args.storage, "study": args.study, "seed": args.seed, "image_size": args.image_size,
+             "latency_table": str(args.latency_table.resolve()) if args.latency_table else None}
+    if args.resume:
+        if args.out is None:
+            raise ConfigError("--resume needs --out DIR naming the search to continue")
+        job = resumed_job(args.out, given)
+        print(f"resuming the search in {args.out}: {job.sampler}, objectives {','.join(job.objectives)}"
+              + (f", constraints {' '.join(job.constraints)}" if job.constraints else "")
+              + f", {job.trials} trials wanted", file=sys.stderr)
+    else:
+        data = args.data or recorded
+        if data is None:
+            raise ConfigError(f"{args.source} records no dataset; pass --data SPEC")
+        out = args.out or Path("runs") / time.strftime("search-%Y%m%d-%H%M%S")
+        settings = {k: v for k, v in given.items() if v is not None}
+        job = SearchJob(**{**settings, "data": data, "out": str(out), "image_size": args.image_size or size})
     result = run_search_job(job, workers=args.workers, resume=args.resume,
                             log=lambda m: print(m, file=sys.stderr))
+    out = Path(job.out)
     summary = json.loads((out / "pareto.json").read_text())
-    print(summary_table(summary))
     if result.n_complete == 0:
-        raise ConfigError("no trial completed; see the errors in trials.csv")
+        raise ConfigError(f"no trial completed; see the errors in {out / 'trials.csv'}")
+    if args.json:
+        print(json.dumps({"out": str(out), **summary}))
+        return 0
+    print(summary_table(summary))
     print(f"results in {out}: pareto.csv, pareto.json, pareto.png, trials.csv, search.json")
     return 0
 

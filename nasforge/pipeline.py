@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from nasforge._version import __version__
 from nasforge.config import RunConfig, load_config, save_config
 from nasforge.data import DataSplits, Split, load_data
 from nasforge.errors import ConfigError
@@ -49,28 +50,53 @@ class RunSummary:
     hypervolume_reference: tuple[float, float] = (0.0, 0.0)
 
 
-def prepare_run_dir(out: Path, cfg: RunConfig, resume: bool) -> RunConfig:
+def prepare_run_dir(out: Path, cfg: RunConfig, resume: bool,
+                    log: Callable[[str], None] | None = None) -> RunConfig:
     """Check the run folder (nothing is written); returns the config the run will use.
 
-    A folder that already holds a run is never overwritten: without ``resume`` that is an error; with it, the
-    saved ``config.yaml`` is used and ``cfg`` must equal it except for ``search.trials`` (which may grow). The
-    CLI builds ``cfg`` from that saved file plus the options given with ``--resume``, so a resume repeats no
-    option and only the options it does give are compared.
+    A folder that already holds a run is never overwritten: without ``resume`` that is an error. With it, the
+    saved ``config.yaml`` is the base: ``cfg`` may change ``search.trials`` and the settings of stages that have
+    not started (``export`` and ``compress`` always, as they are redone; ``search`` until its study exists;
+    ``data``, ``supernet``, ``train`` and ``seed`` until training has written a checkpoint). Any other
+    difference is refused in one line. Applied changes are reported through ``log`` (and saved by the run).
+    The CLI builds ``cfg`` from the saved file plus the options given with ``--resume`` (or from ``--config``),
+    so a resume repeats no option.
     """
     saved_path = out / "config.yaml"
     if saved_path.exists() and not resume:
         raise ConfigError(f"run folder {out} already holds a run; pass --resume to continue it or choose another --out")
-    if resume:
-        if not saved_path.exists():
-            raise ConfigError(f"nothing to resume: {out} has no config.yaml; start the run without --resume")
-        saved = load_config(saved_path)
-        diff = _differences(saved.to_dict(), cfg.with_overrides(search__trials=saved.search.trials).to_dict())
-        if diff:
-            raise ConfigError(f"--resume keeps the run's saved config ({saved_path}); these settings differ: "
-                              f"{', '.join(diff)}; drop the options or --config that change them (only --trials "
-                              "may change), or start a new run in another --out")
-        cfg = saved.with_overrides(search__trials=cfg.search.trials)
+    if not resume:
+        return cfg
+    if not saved_path.exists():
+        raise ConfigError(f"nothing to resume: {out} has no config.yaml; start the run without --resume")
+    saved = load_config(saved_path)
+    diff = _differences(saved.to_dict(), cfg.to_dict())
+    open_sections = _unstarted_sections(out)
+    frozen = [d for d in diff if d.split(".", 1)[0].split(" ", 1)[0] not in open_sections and
+              not d.startswith("search.trials ")]
+    if frozen:
+        raise ConfigError(f"--resume keeps the settings of the stages that already ran ({saved_path}); these "
+                          f"differ: {', '.join(frozen)}; drop the options or --config that change them (--trials "
+                          "may change, so may the sections of stages not yet started: "
+                          f"{', '.join(sorted(open_sections))}), or start a new run in another --out")
+    if diff and log is not None:
+        log(f"--resume: applying changed settings: {', '.join(diff)}")
     return cfg
+
+
+#: Sections whose stage is redone on every resume, so their settings may always change.
+_REDONE_SECTIONS = frozenset({"export", "compress", "schema_version"})
+
+
+def _unstarted_sections(out: Path) -> set[str]:
+    """Config sections whose settings a resume may still change: those of stages that have not started."""
+    sections = set(_REDONE_SECTIONS)
+    if not ((out / "study.journal").exists() or (out / "trials.csv").exists()):
+        sections.add("search")
+        checkpoints = out / "checkpoints"
+        if not (checkpoints.is_dir() and any(checkpoints.glob("*.pt"))):
+            sections.update({"data", "supernet", "train", "seed"})
+    return sections
 
 
 def _differences(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> list[str]:
@@ -99,7 +125,8 @@ def run_pipeline(cfg: RunConfig, out: str | Path, *, resume: bool = False,
 
 def _run_stages(cfg: RunConfig, out: Path, resume: bool, reporter: ProgressReporter) -> RunSummary:
     """The stages of :func:`run_pipeline`, with ``out`` locked."""
-    cfg = prepare_run_dir(out, cfg, resume)
+    cfg = prepare_run_dir(out, cfg, resume, log=reporter.log)
+    reporter.log(f"nasforge {__version__}: run folder {out}" + (f"; resuming: {_resume_point(out)}" if resume else ""))
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     data = load_data(cfg.data.spec, image_size=cfg.data.image_size, seed=cfg.seed,
@@ -132,6 +159,17 @@ def _run_stages(cfg: RunConfig, out: Path, resume: bool, reporter: ProgressRepor
     _mark_front(summary)
     write_report(cfg, data, summary)
     return summary
+
+
+def _resume_point(out: Path) -> str:
+    """Where a resumed run continues, from the files its stages left."""
+    if (out / "checkpoints" / "supernet.pt").exists():
+        done = "training is finished (checkpoints/supernet.pt)"
+        return done + ("; the search continues its study" if (out / "study.journal").exists() else
+                       "; the search starts")
+    if (out / "checkpoints" / "last.pt").exists():
+        return "training continues from checkpoints/last.pt (the epoch and step it saved)"
+    return "nothing was trained yet; training starts"
 
 
 # -- training --------------------------------------------------------------------------------------------------
@@ -269,7 +307,7 @@ def _export_one(cfg: RunConfig, net: Supernet, data: DataSplits, folder: Path, r
     with torch.no_grad():
         test_acc_torch = float((sub(resize(data.test.x, r)).argmax(1) == data.test.y).float().mean())
     lat = measure_latency(folder / "model.onnx", backend=cfg.export.backend, runs=cfg.export.runs,
-                          warmup=cfg.export.warmup, threads=cfg.export.threads)
+                          warmup=cfg.export.warmup, threads=cfg.export.threads, max_cv=0.1, max_remeasure=3)
     row = {
         "subnet": k, "trial": rec.number, "arch": arch.to_dict(), "resolution": r,
         "val_acc": float(rec.metrics["accuracy"]), "test_acc": test_acc, "test_acc_torch": test_acc_torch,

@@ -85,7 +85,7 @@ class ProgressReporter:
 
     def log(self, message: str) -> None:
         if self.enabled:
-            self.console.print(message, highlight=False, markup=False)
+            self.console.print(message, highlight=False, markup=False, soft_wrap=True)  # paths stay whole
 
     @contextmanager
     def task(self, name: str, total: int, steps: int = 1) -> Iterator[TaskHandle]:
@@ -106,7 +106,8 @@ class ProgressReporter:
                 yield handle
             finished = True
         finally:
-            self.console.print(handle.summary(time.monotonic() - start, finished), highlight=False, markup=False)
+            self.console.print(handle.summary(time.monotonic() - start, finished), highlight=False, markup=False,
+                               soft_wrap=True)
 
     def _new_progress(self, name: str) -> Any:
         """A transient rich bar: name, bar, steps done/total, elapsed time, status text."""
@@ -123,4 +124,4 @@ class ProgressReporter:
                                     status=handle.status)
         elif log:
             self.console.print(f"[{handle._name} {handle.completed:g}/{handle._total}] {handle.status}",
-                               highlight=False, markup=False)
+                               highlight=False, markup=False, soft_wrap=True)

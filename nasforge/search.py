@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,7 +29,14 @@ import torch
 from nasforge.data import DataSplits, load_data
 from nasforge.errors import ConfigError
 from nasforge.io import atomic_write_json, atomic_write_text
-from nasforge.nas import SearchResult, hypervolume_2d, parse_objective, plot_pareto, run_search
+from nasforge.nas import (
+    SearchResult,
+    check_search_settings,
+    hypervolume_2d,
+    parse_objective,
+    plot_pareto,
+    run_search,
+)
 from nasforge.nas._nni import nni_strategy
 from nasforge.nas._storage import redact_storage, resolve_storage
 from nasforge.nas._supervisor import SearchWorkerError, SupervisorReport, supervise_workers
@@ -41,7 +48,7 @@ from nasforge.supernets.evaluate import evaluate_arch, resize
 if TYPE_CHECKING:
     from nasforge.quantize import QuantConfig
 
-__all__ = ["SearchJob", "make_subnet_evaluator", "run_search_job", "resolve_source"]
+__all__ = ["SearchJob", "make_subnet_evaluator", "resumed_job", "run_search_job", "resolve_source"]
 
 
 @dataclass(frozen=True)
@@ -190,7 +197,8 @@ def _worker(job: SearchJob, worker: int) -> SearchResult:
         measured = evaluate
 
         def evaluate(arch: Architecture) -> dict[str, float]:
-            return {**measured(arch), "latency_ms": table_fn(arch)}
+            metrics = {k: v for k, v in measured(arch).items() if k not in ("latency_cv", "latency_unstable")}
+            return {**metrics, "latency_ms": table_fn(arch)}  # a prediction has no measured spread
 
     sampler: Any = job.sampler
     if sampler == "predictor":  # exact MACs/params (and table latency) instead of predicting them
@@ -247,16 +255,11 @@ def _run_search_job(job: SearchJob, *, workers: int, resume: bool, log: Callable
                     max_restarts: int | None) -> SearchResult:
     """:func:`run_search_job` with ``job.out`` locked against a second writer."""
     _check_out(Path(job.out), resume)  # before the storage is opened: a journal in OUT would create OUT
-    for o in job.objectives:
-        parse_objective(o)
-    from nasforge.nas import parse_constraint
-    from nasforge.nas._search import _make_searcher
-
-    for c in job.constraints:
-        parse_constraint(c)
     if workers > 1 and nni_strategy(job.sampler) is not None:
         raise ConfigError("the NNI backend runs one sequential worker; use --workers 1 or an Optuna sampler")
-    _make_searcher(job.sampler)  # an unknown sampler (or one whose extra is missing) fails before anything is written
+    # unknown metrics, a malformed constraint, an unknown sampler (or one whose extra is missing) fail before
+    # anything is written
+    check_search_settings(job.objectives, job.constraints, job.sampler)
     if job.latency_table is not None:  # so does a table that is unreadable or made for another supernet
         _table_latency(job, load_supernet(job.checkpoint)[0])
     resolve_storage(job.storage_url)  # and a missing database driver or an unreachable database
@@ -273,6 +276,63 @@ def _run_search_job(job: SearchJob, *, workers: int, resume: bool, log: Callable
     report = supervise_workers(partial(_worker_entry, job), workers, storage=job.storage_url, study_name=job.study,
                                n_trials=job.trials, max_restarts=max_restarts, log=log, trace_dir=out)
     return _finish(job, out, report)
+
+
+#: SearchJob fields a resume may change: more (or fewer) trials wanted; ``workers`` is not part of the job.
+RESUMABLE_SEARCH_SETTINGS = frozenset({"trials"})
+
+
+def resumed_job(out: str | Path, given: dict[str, Any]) -> SearchJob:
+    """The search recorded in ``out/search_job.json``, continued with the options ``given`` explicitly.
+
+    A resume repeats no option: every setting comes from the record. A given option that equals the recorded
+    one is accepted; ``trials`` may change (it is applied and recorded); any other difference is refused in one
+    line, as continuing a study with another sampler, objective or constraint would mix two searches.
+    The recorded storage URL hides a database password: pass ``--storage`` again for such a database.
+
+    Raises:
+        ConfigError: nothing to resume, an unreadable record, or a given setting that differs from it.
+    """
+    record = Path(out) / "search_job.json"
+    if not record.is_file():
+        raise ConfigError(f"nothing to resume in {out} (no search_job.json); start it without --resume")
+    try:
+        saved = json.loads(record.read_text(encoding="utf-8"))
+        names = {f for f in SearchJob.__dataclass_fields__}
+        job = SearchJob(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in saved.items() if k in names})
+    except (OSError, ValueError, TypeError) as exc:
+        raise ConfigError(f"{record} is unreadable ({exc}); restore it or start a new search in another --out") \
+            from None
+    changes: dict[str, Any] = {}
+    differ = []
+    for key, value in given.items():
+        recorded = getattr(job, key)
+        if key in ("checkpoint", "latency_table") and value is not None and recorded is not None:
+            value = value if Path(value).resolve() != Path(recorded).resolve() else recorded
+        if key == "storage" and value is not None:
+            changes[key] = value  # the record hides a password: compare what it shows
+            if redact_storage(value) != recorded:
+                differ.append(f"--storage ({recorded!r} recorded, {redact_storage(value)!r} given)")
+        elif value is not None and value != recorded:
+            if key in RESUMABLE_SEARCH_SETTINGS:
+                changes[key] = value
+            else:
+                differ.append(f"--{key.replace('_', '-')} ({_shown(recorded)} recorded, {_shown(value)} given)")
+    if differ:
+        raise ConfigError(f"--resume continues the search recorded in {record}; these options differ from it: "
+                          f"{', '.join(differ)}; drop them (only --trials and --workers may change) or start a new "
+                          "search in another --out")
+    job = replace(job, out=str(Path(out)), **changes)
+    if "storage" not in changes and "***" in (job.storage or ""):
+        raise ConfigError(f"the search in {out} uses a database whose password is not recorded; pass --storage "
+                          "URL again with --resume")
+    return job
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, tuple):
+        return repr(",".join(value)) if value else "none"
+    return repr(value)
 
 
 def _check_out(out: Path, resume: bool) -> None:

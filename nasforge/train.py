@@ -197,7 +197,13 @@ def fit_with_progress(trainer: Trainer, net: Supernet, data: DataSplits, reporte
                 task.set_steps(per_epoch)
             task.update(epoch + step / per_epoch, _step_status(step, per_epoch, epoch, epochs, info), log=False)
 
-        return trainer.fit(net, data, on_epoch=on_epoch, on_step=on_step, **fit_kwargs)
+        def on_resume(at: dict[str, Any]) -> None:
+            phase = (f" ({at['phase']} phase, its epoch {at['epoch'] + 1} of {at['phase_epochs']})"
+                     if at["phase_epochs"] != at["epochs"] else "")
+            reporter.log(f"resuming training at epoch {at['global_epoch'] + 1} of {at['epochs']}{phase}, step "
+                         f"{at['step'] + 1} of {at['steps_per_epoch']} (checkpoints/last.pt)")
+
+        return trainer.fit(net, data, on_epoch=on_epoch, on_step=on_step, on_resume=on_resume, **fit_kwargs)
 
 
 def _epoch_status(rec: dict[str, Any], epochs: int) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nasforge.config import RunConfig, config_from_dict, load_config
+from nasforge.config import RunConfig, config_from_dict, load_config, save_config
 from nasforge.errors import ConfigError
 from nasforge.nas import parse_objective
 from nasforge.pipeline import RunSummary, prepare_run_dir, run_pipeline
@@ -101,7 +101,42 @@ def test_config_without_compress_loads_and_resumes(tmp_path: Path) -> None:
     cfg = load_config(tmp_path / "config.yaml")
     assert cfg == RunConfig() and not cfg.compress.enabled
     assert prepare_run_dir(tmp_path, RunConfig(), resume=True) == RunConfig()
-    with pytest.raises(ConfigError, match="compress.quantize"):
-        prepare_run_dir(tmp_path, RunConfig().with_overrides(compress__quantize=True), resume=True)
+    # the compress stage is redone on every resume, so its settings may change (and the change is said)
+    said: list[str] = []
+    changed = RunConfig().with_overrides(compress__quantize=True)
+    assert prepare_run_dir(tmp_path, changed, resume=True, log=said.append) == changed
+    assert len(said) == 1 and "compress.quantize (False saved, True given)" in said[0]
     new = RunConfig().with_overrides(compress__prune="macs=2x", compress__quantize=True)
     assert config_from_dict(new.to_dict()) == new
+
+
+def test_resume_may_repair_the_settings_of_stages_not_yet_started(tmp_path: Path) -> None:
+    """Training finished, the search never started (say its sampler was wrong): a resume with a fixed config
+    keeps the trained supernet and applies the new search settings; training settings stay fixed."""
+    save_config(RunConfig(), tmp_path / "config.yaml")
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "supernet.pt").write_bytes(b"")
+    fixed = RunConfig().with_overrides(search__sampler="nsga2", search__constraints=["macs<=5e6"])
+    said: list[str] = []
+    assert prepare_run_dir(tmp_path, fixed, resume=True, log=said.append) == fixed
+    assert "search.sampler ('tpe' saved, 'nsga2' given)" in said[0]
+    with pytest.raises(ConfigError, match=r"train.epochs \(15 saved, 3 given\)"):
+        prepare_run_dir(tmp_path, fixed.with_overrides(train__epochs=3), resume=True)
+    (tmp_path / "study.journal").write_text("")  # once the search has begun, its settings are fixed too
+    with pytest.raises(ConfigError, match="search.sampler"):
+        prepare_run_dir(tmp_path, fixed, resume=True)
+
+
+@pytest.mark.parametrize(("section", "needle"), [
+    ({"search": {"sampler": "nsga4"}}, "unknown sampler 'nsga4'"),
+    ({"search": {"constraints": ["banana<=5"]}}, "'banana', which the search does not measure"),
+    ({"search": {"objectives": ["accuracy", "banana:max"]}}, "objective 'banana'"),
+    ({"data": {"spec": "folder:/no/such/folder"}}, "/no/such/folder does not exist"),
+    ({"export": {"backend": "gpu"}}, "backend 'gpu' is unknown"),
+    ({"supernet": {"name": "resnet9000"}}, "supernet 'resnet9000' is unknown"),
+])
+def test_bad_values_fail_when_the_config_loads(section: dict, needle: str) -> None:
+    """Every value a stage would reject later is rejected when the config loads, before any training."""
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(section)
+    assert needle in str(err.value) and "\n" not in str(err.value)

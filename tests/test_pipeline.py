@@ -96,9 +96,12 @@ def test_resume_adds_trials_without_retraining(quick_run: Path, tmp_path: Path) 
     run = tmp_path / "run"
     shutil.copytree(quick_run, run)
     history_before = (run / "train_history.json").read_text()
-    res = run_cli("run", "--resume", "--out", str(run), "--epochs", "1", "--trials", "6", cwd=tmp_path)
+    res = run_cli("run", "--resume", "--out", str(run), "--epochs", "1", "--trials", "6", "--json", cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "training already finished" in res.stderr
+    assert "resuming: training is finished" in res.stderr  # where the run restarts
+    summary = json.loads(res.stdout)  # --json: summary.json on stdout, nothing else
+    assert summary["trials"] == 6 and summary["subnets"]
     assert len(_rows(run / "trials.csv")) == 6
     assert (run / "train_history.json").read_text() == history_before
     assert load_config(run / "config.yaml").search.trials == 6

@@ -60,8 +60,10 @@ def test_two_workers_share_one_journal(checkpoint: Path, tmp_path: Path) -> None
                   "--sampler", "random")
     assert res.returncode == 2 and "--resume" in res.stderr and "Traceback" not in res.stderr
     res = run_cli("search", str(checkpoint), "--data", "digits", "--out", str(out), "--trials", "13",
-                  "--sampler", "random", "--resume")
+                  "--sampler", "random", "--resume", "--json")
     assert res.returncode == 0, res.stderr[-3000:]
+    printed = json.loads(res.stdout)  # --json: the results on stdout, nothing else
+    assert printed["out"] == str(out) and printed["complete"] >= 13 and printed["front"]
     study = optuna.load_study(study_name="nasforge", storage=resolve_storage(out / "study.journal"))
     assert len([t for t in study.get_trials() if t.state == TrialState.COMPLETE]) == max(13, len(complete))
 

@@ -53,8 +53,11 @@ def test_existing_run_needs_resume(finished: Path) -> None:
     assert res.returncode == 2 and "already holds a training run" in res.stderr
     assert "Traceback" not in res.stderr
     before = (finished / "supernet.pt").stat().st_mtime_ns
-    res = run_cli(*[a for a in ARGS if a != "--quiet"], "--out", str(finished), "--resume")
+    res = run_cli(*[a for a in ARGS if a != "--quiet"], "--out", str(finished), "--resume", "--json")
     assert res.returncode == 0 and "already finished" in res.stderr, res.stderr
+    result = json.loads(res.stdout)
+    assert result["epochs"] == len(json.loads((finished / "train_history.json").read_text()))
+    assert result["checkpoint"].endswith("supernet.pt") and result["last_epoch"]["phase"] == "expand-2"
     assert (finished / "supernet.pt").stat().st_mtime_ns == before
 
 
@@ -110,6 +113,7 @@ def test_sigkill_mid_phase_then_resume(tmp_path: Path, finished: Path) -> None:
     res = run_cli(*[a for a in ARGS if a != "--quiet"], "--out", str(out), "--resume")
     assert res.returncode == 0, res.stderr[-3000:]
     assert "teacher epoch 1/6" not in res.stderr and "expand-2 epoch 6/6" in res.stderr
+    assert "resuming training at epoch " in res.stderr  # it says where it restarts
     history = json.loads((out / "train_history.json").read_text())
     reference = json.loads((finished / "train_history.json").read_text())
     assert [h["phase"] for h in history] == PHASES

@@ -117,14 +117,16 @@ class Trainer(ABC):
         self, net: Supernet, data: Any, *, supernet_name: str, supernet_options: dict[str, Any] | None = None,
         checkpoint_dir: str | Path | None = None, resume: bool = False,
         on_epoch: EpochCallback | None = None, on_step: StepCallback | None = None,
-        dist: DistContext | None = None,
+        on_resume: EpochCallback | None = None, dist: DistContext | None = None,
     ) -> list[dict[str, Any]]:
         """Train ``net`` on ``data`` (a :class:`nasforge.data.DataSplits`); returns the per-epoch history.
 
         With ``checkpoint_dir``, an atomic ``last.pt`` is written after every epoch and every
         ``checkpoint_every`` steps (and, with several phases, ``phase-<i>-<name>.pt`` after each); with
         ``resume=True`` the loop continues where ``last.pt`` stopped, inside its phase and epoch (same results as
-        an uninterrupted run). ``dist`` places the job on a device and, under ``torchrun``, on several processes
+        an uninterrupted run), and ``on_resume`` hears where: ``{"phase", "phase_index", "phase_epochs", "epoch",
+        "step", "steps_per_epoch", "global_epoch", "epochs"}`` (finished epochs of the phase, finished steps of the
+        next epoch). ``dist`` places the job on a device and, under ``torchrun``, on several processes
         (see :mod:`nasforge.distributed`); ``batch_size`` is the global batch. Every process validates its share.
         """
         cfg = self.config
@@ -140,6 +142,11 @@ class Trainer(ABC):
         saver = _Saver(self, net, supernet_name, supernet_options or {}, ckpt_dir, history, ctx, len(phases))
         steps_per_epoch = max(1, len(data.train) // cfg.batch_size)
         global_epoch = sum(p.epochs for p in phases[: at.phase]) + at.epoch
+        if on_resume is not None and resume and (at.phase or at.epoch or at.step):
+            here = phases[min(at.phase, len(phases) - 1)]
+            on_resume({"phase": here.name, "phase_index": at.phase, "phase_epochs": here.epochs, "epoch": at.epoch,
+                       "step": at.step, "steps_per_epoch": steps_per_epoch, "global_epoch": global_epoch,
+                       "epochs": sum(p.epochs for p in phases)})
         self._passes = dict(at.passes or (history[-1].get("passes", {}) if history else {}))
         self.scaler = make_scaler(cfg.precision, ctx.device)
         if self.scaler is not None and at.scaler_state:

@@ -151,8 +151,10 @@ def test_resume_inside_a_phase_and_after_the_teacher(make_tiny_net, tiny_digits,
         with pytest.raises(KeyboardInterrupt):
             _fit(make_tiny_net(0), tiny_digits, ckpt, on_epoch=stop)
         net = make_tiny_net(1)  # other initial weights: everything must come from the checkpoint
-        history = _fit(net, tiny_digits, ckpt, resume=True)
+        heard: list[dict[str, Any]] = []
+        history = _fit(net, tiny_digits, ckpt, resume=True, on_resume=heard.append)
         assert [h["epoch"] for h in history] == list(range(1, 8))
+        assert [(h["global_epoch"], h["step"], h["epochs"]) for h in heard] == [(stop_after, 0, 7)]  # said where
         assert history[-1]["loss"] == pytest.approx(ref[-1]["loss"], rel=1e-5)
         for (k, a), b in zip(ref_net.state_dict().items(), net.state_dict().values(), strict=True):
             assert torch.allclose(a.float(), b.float(), atol=1e-5), k
