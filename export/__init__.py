@@ -43,7 +43,15 @@ from ._latency import (
     register_profiler,
     timed_runs,
 )
-from ._latency_table import LatencyTable, build_latency_table, supernet_signature, validate_latency_table
+from ._latency_build import build_latency_table, measure_subnets, validate_latency_table
+from ._latency_table import (
+    MAX_HOLDOUT_MAPE,
+    MIN_HOLDOUT_TAU,
+    LatencyTable,
+    error_stats,
+    fingerprint_problems,
+    supernet_signature,
+)
 from ._onnx_io import read_metadata
 from ._parity import check_parity
 from ._remote import RemoteProfiler, agent_info
@@ -76,7 +84,12 @@ __all__ = [
     "AgentConfig",
     "make_server",
     "LatencyTable",
+    "MAX_HOLDOUT_MAPE",
+    "MIN_HOLDOUT_TAU",
     "build_latency_table",
+    "error_stats",
+    "fingerprint_problems",
+    "measure_subnets",
     "validate_latency_table",
     "supernet_signature",
     "slim_onnx",

@@ -17,9 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import random
-import tempfile
-import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,20 +28,58 @@ import numpy as np
 from nasforge.errors import ConfigError
 
 if TYPE_CHECKING:
-    from torch import nn
 
     from nasforge.supernets import Architecture, Supernet
 
-    from ._latency import LatencyResult, Profiler
 
-__all__ = ["LatencyTable", "build_latency_table", "supernet_signature", "validate_latency_table"]
+__all__ = ["MAX_HOLDOUT_MAPE", "MIN_HOLDOUT_TAU", "LatencyTable", "error_stats", "fingerprint_problems",
+           "supernet_signature"]
 
 TABLE_KIND = "nasforge-latency-table"
 TABLE_SCHEMA = 1
 #: timing settings of one segment (short runs: a table holds hundreds of them)
 SEGMENT_RUNS, SEGMENT_WARMUP = 100, 10
 
+#: a table is trusted to rank subnets only if its held-out prediction error is at most this MAPE ...
+MAX_HOLDOUT_MAPE = 0.10
+#: ... and it orders the held-out subnets with at least this Kendall tau
+MIN_HOLDOUT_TAU = 0.8
+
 Progress = Callable[[str, int, int], None]
+
+
+def error_stats(predicted: np.ndarray, measured: np.ndarray) -> dict[str, float]:
+    """``{"n", "mape", "max_ape", "within_10", "kendall_tau", "spearman"}`` of predictions against measurements
+    (``within_10``: the share of predictions within 10% of the measurement)."""
+    from nasforge.nas import rank_correlations
+
+    predicted, measured = np.asarray(predicted, dtype=np.float64), np.asarray(measured, dtype=np.float64)
+    ape = np.abs(predicted - measured) / np.maximum(measured, 1e-9)
+    tau, rho = rank_correlations(predicted, measured)
+    return {"n": float(len(measured)), "mape": float(ape.mean()), "max_ape": float(ape.max()),
+            "within_10": float((ape <= 0.10).mean()), "kendall_tau": tau, "spearman": rho}
+
+
+def fingerprint_problems(recorded: Mapping[str, Any], here: Mapping[str, Any]) -> list[str]:
+    """Why latencies measured on the machine ``recorded`` do not describe the machine ``here`` (both
+    :func:`~nasforge.export.environment_fingerprint`): another CPU model, other kernel-relevant CPU features,
+    another onnxruntime. Empty when they match (or ``recorded`` says nothing)."""
+    if not recorded:
+        return []
+    problems = []
+    cpu_then, cpu_now = recorded.get("cpu") or {}, here.get("cpu") or {}
+    if cpu_then.get("model") and cpu_then.get("model") != cpu_now.get("model"):
+        problems.append(f"it was measured on another CPU ({cpu_then.get('model')}; this one is {cpu_now.get('model')})")
+    elif set(cpu_then.get("flags") or ()) != set(cpu_now.get("flags") or ()):
+        gone = sorted(set(cpu_then.get("flags") or ()) - set(cpu_now.get("flags") or ()))
+        new = sorted(set(cpu_now.get("flags") or ()) - set(cpu_then.get("flags") or ()))
+        problems.append(f"it was measured with other CPU features (only there: {' '.join(gone) or 'none'}; only "
+                        f"here: {' '.join(new) or 'none'})")
+    ort_then = (recorded.get("versions") or {}).get("onnxruntime")
+    ort_now = (here.get("versions") or {}).get("onnxruntime")
+    if ort_then and ort_now and ort_then != ort_now:
+        problems.append(f"it was measured with onnxruntime {ort_then} (here {ort_now})")
+    return problems
 
 
 def supernet_signature(net: Supernet) -> str:
@@ -64,7 +99,9 @@ class LatencyTable:
         entries: segment key -> ``{"ms": median, "p90": ..., "cv": ..., "shape": [...]}``.
         correction: ``{"a", "b", "c"}`` of the linear correction, with the fit's own MAPE and sample count; empty
             before :meth:`fit_correction`.
-        fingerprint: environment fingerprint of the measuring machine.
+        fingerprint: environment fingerprint of the measuring device (the board's, through a remote agent).
+        holdout: :func:`error_stats` of the table's predictions on subnets measured end to end that played no part
+            in building it; empty for a table built without that check.
     """
 
     space: str
@@ -74,6 +111,7 @@ class LatencyTable:
     correction: dict[str, float] = field(default_factory=dict)
     fingerprint: dict[str, Any] = field(default_factory=dict)
     created: str = ""
+    holdout: dict[str, float] = field(default_factory=dict)
     _fits: weakref.WeakSet[Any] = field(default_factory=weakref.WeakSet, repr=False, compare=False)
 
     # -- prediction --------------------------------------------------------------------------------------------
@@ -148,11 +186,49 @@ class LatencyTable:
         a, b, c = coef
         return all(a * s + b * n + c > 0 for s, n in (self.segment_sum(net, arch) for arch in candidates))
 
+    # -- trust -----------------------------------------------------------------------------------------------------
+    def trust_problems(self, here: Mapping[str, Any] | None = None, *, max_mape: float = MAX_HOLDOUT_MAPE,
+                       min_tau: float = MIN_HOLDOUT_TAU) -> list[str]:
+        """Why the table should not rank subnets: no held-out check, a held-out error above ``max_mape`` or a
+        Kendall tau below ``min_tau``, and (given ``here``, this machine's fingerprint, for a table of this
+        machine's CPU) a table measured on another machine. Empty when it can be trusted."""
+        problems = []
+        h = self.holdout
+        if not h:
+            problems.append("it records no held-out error (built with --holdout 0 or by an older nasforge)")
+        else:
+            if not h["mape"] <= max_mape:
+                problems.append(f"its held-out error is MAPE {h['mape']:.1%} on {int(h['n'])} subnets (limit "
+                                f"{max_mape:.0%})")
+            if not h["kendall_tau"] >= min_tau:
+                problems.append(f"it orders held-out subnets with Kendall tau {h['kendall_tau']:.2f} (limit {min_tau})")
+        if here is not None:
+            problems += fingerprint_problems(self.fingerprint, here)
+        return problems
+
+    def require_trust(self, here: Mapping[str, Any] | None = None, *, accept: bool = False,
+                      warn: Callable[[str], None] | None = None) -> None:
+        """Raise unless :meth:`trust_problems` is empty; with ``accept``, ``warn`` about them instead.
+
+        Raises:
+            ConfigError: one line naming the problems and what to do.
+        """
+        problems = self.trust_problems(here)
+        if not problems:
+            return
+        if accept:
+            if warn is not None:
+                warn(f"warning: using a latency table that may not rank subnets, as asked: {'; '.join(problems)}")
+            return
+        raise ConfigError(f"this latency table cannot be trusted to rank subnets: {'; '.join(problems)}; measure "
+                          "latency instead (drop --latency-table), rebuild the table on the target with `nasforge "
+                          "latency build-table`, or pass --accept-latency-error to use it anyway")
+
     # -- persistence -------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return {"kind": TABLE_KIND, "schema": TABLE_SCHEMA, "space": self.space, "signature": self.signature,
                 "device": self.device, "created": self.created, "correction": self.correction,
-                "fingerprint": self.fingerprint, "entries": self.entries}
+                "fingerprint": self.fingerprint, "holdout": self.holdout, "entries": self.entries}
 
     def save(self, path: str | Path) -> Path:
         from nasforge.io import atomic_write_json
@@ -184,182 +260,7 @@ class LatencyTable:
                     raise ValueError(f"entry {key!r} has latency {entry['ms']!r}")
             return cls(space=str(data["space"]), signature=str(data["signature"]), device=dict(data["device"]),
                        entries=entries, correction={k: float(v) for k, v in data.get("correction", {}).items()},
-                       fingerprint=dict(data.get("fingerprint", {})), created=str(data.get("created", "")))
+                       fingerprint=dict(data.get("fingerprint", {})), created=str(data.get("created", "")),
+                       holdout={k: float(v) for k, v in data.get("holdout", {}).items()})
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ConfigError(f"{path} is a damaged latency table ({type(exc).__name__}: {exc})") from None
-
-
-# -- measuring --------------------------------------------------------------------------------------------------
-def _measure_module(module: nn.Module, shape: tuple[int, ...], profiler: Profiler, folder: Path, name: str,
-                    batch: int, options: Mapping[str, Any]) -> LatencyResult:
-    """Export ``module`` (batch ``batch``) to ONNX in ``folder`` and time it with ``profiler``."""
-    import torch
-
-    from ._onnx import export_onnx
-
-    path = folder / f"{name}.onnx"
-    export_onnx(module.eval(), torch.randn(batch, *shape), path, exporter="torchscript", atol=1e-3)
-    try:
-        return profiler.measure(path, batch=batch, **options)
-    finally:
-        path.unlink(missing_ok=True)
-
-
-def _segment_key_file(key: str) -> str:
-    return hashlib.sha1(key.encode()).hexdigest()[:12]
-
-
-def _covering(net: Supernet, extra: int, seed: int) -> list[Architecture]:
-    archs = list(net.covering_architectures())
-    rng = random.Random(seed)
-    archs.extend(net.space.sample(rng) for _ in range(extra))
-    return archs
-
-
-def _distinct_samples(net: Supernet, count: int, seed: int, avoid: Iterable[Architecture] = ()) -> list[Architecture]:
-    rng = random.Random(seed)
-    seen = set(avoid)
-    out: list[Architecture] = []
-    for _ in range(count * 50):
-        arch = net.space.sample(rng)
-        if arch not in seen:
-            seen.add(arch)
-            out.append(arch)
-            if len(out) == count:
-                break
-    return out
-
-
-def measure_subnets(net: Supernet, archs: Sequence[Architecture], profiler: Profiler, *, batch: int = 1,
-                    options: Mapping[str, Any] | None = None, progress: Progress | None = None) -> list[float]:
-    """Median end-to-end latency (ms) of each subnet, exported whole."""
-    options = dict(options or {})
-    out: list[float] = []
-    with tempfile.TemporaryDirectory(prefix="nasforge-lat-") as tmp:
-        for i, arch in enumerate(archs):
-            sub = net.extract(arch).eval()
-            result = _measure_module(sub, net.input_shape(arch), profiler, Path(tmp), f"subnet{i}", batch, options)
-            out.append(result.median_ms)
-            if progress is not None:
-                progress("subnets", i + 1, len(archs))
-    return out
-
-
-def build_latency_table(
-    net: Supernet,
-    profiler: Profiler,
-    *,
-    device: Mapping[str, Any] | None = None,
-    batch: int = 1,
-    threads: int = 1,
-    runs: int = SEGMENT_RUNS,
-    warmup: int = SEGMENT_WARMUP,
-    calibration: int = 20,
-    extra_samples: int = 20,
-    seed: int = 0,
-    progress: Progress | None = None,
-) -> LatencyTable:
-    """Measure every distinct segment of ``net``'s space with ``profiler`` and fit the end-to-end correction.
-
-    Args:
-        net: a supernet whose family implements :meth:`Supernet.latency_segments` (the MobileNetV3 family).
-        profiler: where to measure (``get_profiler("ort-cpu")``, a remote agent, ...).
-        device: recorded with the table (e.g. the device's name and settings).
-        batch, threads, runs, warmup: the timing settings of each segment and subnet.
-        calibration: subnets measured end to end to fit the correction (0: no correction, plain sum).
-        extra_samples: random architectures added to the family's covering set, so that segments a family's
-            covering set might miss are measured too.
-        seed: seeds the random architectures.
-        progress: called as ``(phase, done, total)``.
-
-    Raises:
-        ConfigError: the family has no block decomposition, or a bad setting.
-    """
-    from ._latency import environment_fingerprint
-
-    for name, value, low in (("batch", batch, 1), ("threads", threads, 1), ("runs", runs, 1), ("warmup", warmup, 0),
-                             ("calibration", calibration, 0), ("extra_samples", extra_samples, 0)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ConfigError(f"{name}={value!r} must be an integer >= {low}")
-    if 0 < calibration < 3:
-        raise ConfigError(f"calibration={calibration} is too few subnets to fit the correction; use 0 or >= 3")
-    try:
-        net.latency_segments(net.space.largest())
-    except NotImplementedError as exc:
-        raise ConfigError(f"{exc}; predict latency from MACs (`macs` latency predictor) or measure end to end") from None
-    net.eval()
-    options = {"runs": runs, "warmup": warmup, "threads": threads}
-    table = LatencyTable(space=net.space.name, signature=supernet_signature(net),
-                         device={**dict(device or {}), "batch": batch, "threads": threads, "runs": runs,
-                                 "profiler": getattr(profiler, "name", type(profiler).__name__)},
-                         fingerprint=environment_fingerprint(threads),
-                         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    # which architecture supplies each distinct segment
-    todo: dict[str, tuple[Architecture, int, tuple[int, ...]]] = {}
-    for arch in _covering(net, extra_samples, seed):
-        for index, (key, shape) in enumerate(net.latency_segments(arch)):
-            todo.setdefault(key, (arch, index, tuple(shape)))
-    by_arch: dict[Architecture, list[tuple[str, int, tuple[int, ...]]]] = {}
-    for key, (arch, index, shape) in todo.items():
-        by_arch.setdefault(arch, []).append((key, index, shape))
-    done = 0
-    with tempfile.TemporaryDirectory(prefix="nasforge-table-") as tmp:
-        for arch, wanted in by_arch.items():
-            modules = net.segment_modules(arch)
-            for key, index, shape in wanted:
-                result = _measure_module(modules[index], shape, profiler, Path(tmp), _segment_key_file(key), batch,
-                                         options)
-                table.entries[key] = {"ms": result.median_ms, "p90": result.p90_ms, "cv": result.cv,
-                                      "shape": list(shape)}
-                done += 1
-                if progress is not None:
-                    progress("segments", done, len(todo))
-    if calibration:
-        archs = _distinct_samples(net, calibration, seed + 1)
-        measured = measure_subnets(net, archs, profiler, batch=batch, options=options, progress=progress)
-        table.fit_correction(net, archs, measured)
-    return table
-
-
-def validate_latency_table(
-    table: LatencyTable,
-    net: Supernet,
-    profiler: Profiler,
-    *,
-    samples: int = 30,
-    seed: int = 12345,
-    runs: int | None = None,
-    warmup: int | None = None,
-    progress: Progress | None = None,
-) -> dict[str, Any]:
-    """Measure ``samples`` random subnets end to end and compare with the table's predictions.
-
-    Returns:
-        ``{"mape", "kendall_tau", "spearman", "max_ape", "samples", "rows": [{"arch", "measured_ms",
-        "predicted_ms", "sum_ms"}]}`` (the uncorrected segment sum is reported too).
-
-    Raises:
-        ConfigError: a table for another supernet, fewer than 3 samples.
-    """
-    from nasforge.nas._predictors import _rank_correlations
-
-    if samples < 3:
-        raise ConfigError(f"--samples {samples} is too few to rank; use 3 or more")
-    table.check_fits(net)
-    net.eval()
-    device = table.device
-    options = {"runs": runs or int(device.get("runs", SEGMENT_RUNS)), "warmup": warmup or SEGMENT_WARMUP,
-               "threads": int(device.get("threads", 1))}
-    archs = _distinct_samples(net, samples, seed)
-    measured = np.array(measure_subnets(net, archs, profiler, batch=int(device.get("batch", 1)), options=options,
-                                        progress=progress))
-    predicted = table.predict_many(net, archs)
-    sums = np.array([table.segment_sum(net, a)[0] for a in archs])
-    ape = np.abs(predicted - measured) / np.maximum(measured, 1e-9)
-    tau, rho = _rank_correlations(predicted, measured)
-    return {
-        "samples": len(archs), "mape": float(ape.mean()), "max_ape": float(ape.max()), "kendall_tau": tau,
-        "spearman": rho, "sum_mape": float((np.abs(sums - measured) / np.maximum(measured, 1e-9)).mean()),
-        "rows": [{"arch": a.to_dict(), "measured_ms": float(m), "predicted_ms": float(p), "sum_ms": float(s)}
-                 for a, m, p, s in zip(archs, measured, predicted, sums, strict=True)],
-    }

@@ -33,6 +33,7 @@ from ._predictors import (
     evolve_on_predictors,
     get_latency_predictor,
     list_latency_predictors,
+    rank_correlations,
     register_latency_predictor,
 )
 from ._result import SearchResult, TrialRecord
@@ -73,6 +74,7 @@ __all__ = [
     "parse_constraint",
     "parse_objective",
     "pareto_front",
+    "rank_correlations",
     "plot_pareto",
     "register_latency_predictor",
     "register_searcher",

@@ -40,6 +40,7 @@ __all__ = [
     "ACCURACY_PREDICTOR_FORMAT",
     "AccuracyPredictor",
     "LatencyPredictor",
+    "rank_correlations",
     "MacsLatencyPredictor",
     "PredictorReport",
     "ScoreFn",
@@ -84,7 +85,8 @@ class PredictorReport:
     spearman: float
 
 
-def _rank_correlations(pred: np.ndarray, true: np.ndarray) -> tuple[float, float]:
+def rank_correlations(pred: np.ndarray, true: np.ndarray) -> tuple[float, float]:
+    """``(Kendall tau, Spearman rho)`` of predictions against true values (NaN when either is constant)."""
     if len(pred) < 2 or np.ptp(pred) == 0 or np.ptp(true) == 0:
         return math.nan, math.nan
     try:
@@ -126,7 +128,7 @@ def _report(n_train: int, pred: np.ndarray, true: np.ndarray) -> PredictorReport
     err = pred - true
     nonzero = true != 0
     mape = float(np.mean(np.abs(err[nonzero]) / np.abs(true[nonzero]))) if nonzero.any() else math.nan
-    tau, rho = _rank_correlations(pred, true)
+    tau, rho = rank_correlations(pred, true)
     return PredictorReport(
         n_train=n_train,
         n_holdout=len(true),

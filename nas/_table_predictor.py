@@ -22,7 +22,7 @@ from ._predictors import (
 )
 
 if TYPE_CHECKING:
-    from nasforge.export._latency_table import LatencyTable
+    from nasforge.export import LatencyTable
     from nasforge.supernets import Supernet
 
 __all__ = ["TableLatencyPredictor"]
@@ -36,16 +36,20 @@ class TableLatencyPredictor(LatencyPredictor):
         table: a :class:`~nasforge.export.LatencyTable` or the path of its JSON file.
         net: the supernet the table was built for (its segments name the table's entries).
         seed: seeds the held-out split of :meth:`fit`.
+        accept_error: use a table that records no held-out error, or one above the limits
+            (:meth:`~nasforge.export.LatencyTable.trust_problems`); otherwise such a table is refused.
 
     Raises:
-        ConfigError: an unreadable table, or one built for another supernet.
+        ConfigError: an unreadable table, one built for another supernet, or one that cannot be trusted to rank.
     """
 
-    def __init__(self, table: LatencyTable | str | os.PathLike[str], net: Supernet, *, seed: int = 0) -> None:
-        from nasforge.export._latency_table import LatencyTable
+    def __init__(self, table: LatencyTable | str | os.PathLike[str], net: Supernet, *, seed: int = 0,
+                 accept_error: bool = False) -> None:
+        from nasforge.export import LatencyTable
 
         self.table = table if isinstance(table, LatencyTable) else LatencyTable.load(table)
         self.table.check_fits(net)
+        self.table.require_trust(accept=accept_error)
         self.net = net
         self.seed = int(seed)
 
@@ -58,7 +62,12 @@ class TableLatencyPredictor(LatencyPredictor):
         if len(train) < 3:
             raise ConfigError("refitting a latency table's correction needs 3 or more training subnets")
         self.table.fit_correction(self.net, [archs[i] for i in train], y[train].tolist())
-        return _report(len(train), self.predict([archs[i] for i in held]), y[held])
+        report = _report(len(train), self.predict([archs[i] for i in held]), y[held])
+        if len(held) >= 3:  # the refitted table's held-out error replaces the recorded one
+            from nasforge.export import error_stats
+
+            self.table.holdout = error_stats(self.predict([archs[i] for i in held]), y[held])
+        return report
 
     def predict(self, archs: Sequence[Architecture]) -> np.ndarray:
         if isinstance(archs, (Architecture, str)):

@@ -151,6 +151,9 @@ def _add_search(sub: Any, common: argparse.ArgumentParser) -> None:
     search.add_argument("--image-size", type=positive_int, help="stored image size (default: the space's largest)")
     search.add_argument("--latency-table", type=Path,
                         help="latency_ms from this table (`nasforge latency build-table`) instead of measuring")
+    search.add_argument("--accept-latency-error", action="store_true", default=None,
+                        help="use --latency-table even if its recorded held-out error is above the limit or it was "
+                             "measured on another machine (warned)")
     search.add_argument("--resume", action="store_true",
                         help="continue the search in --out with its recorded settings (repeat no option; --trials "
                              "and --workers may change)")
@@ -301,7 +304,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
              "objectives": _split([args.objectives]) if args.objectives is not None else None,
              "constraints": tuple(args.constraint) if args.constraint is not None else None,
              "storage": args.storage, "study": args.study, "seed": args.seed, "image_size": args.image_size,
-             "latency_table": str(args.latency_table.resolve()) if args.latency_table else None}
+             "latency_table": str(args.latency_table.resolve()) if args.latency_table else None,
+             "accept_latency_error": args.accept_latency_error}
     if args.resume:
         if args.out is None:
             raise ConfigError("--resume needs --out DIR naming the search to continue")

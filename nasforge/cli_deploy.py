@@ -49,6 +49,9 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     build.add_argument("--out", type=Path, help="table file (default: latency-<device>-<space>.json)")
     build.add_argument("--calibration", type=nonneg_int, default=20,
                        help="subnets measured end to end to fit the correction (default 20)")
+    build.add_argument("--holdout", type=nonneg_int, default=10,
+                       help="other subnets measured end to end to record the table's held-out error (default 10; "
+                            "search refuses a table that cannot rank them)")
     build.add_argument("--runs", type=positive_int, help="timed runs per segment (default 100)")
     build.add_argument("--seed", type=nonneg_int, default=0)
     build.set_defaults(func=_cmd_build_table)
@@ -132,7 +135,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _cmd_build_table(args: argparse.Namespace) -> int:
     from nasforge.devices import get_device
-    from nasforge.export._latency_table import SEGMENT_RUNS, build_latency_table
+    from nasforge.export import build_latency_table
+    from nasforge.export._latency_table import SEGMENT_RUNS
 
     device = get_device(args.device, args.devices)
     net = _load_net(args.source, args.options)
@@ -142,17 +146,27 @@ def _cmd_build_table(args: argparse.Namespace) -> int:
           f"{device.threads} thread(s), batch {device.batch})", file=sys.stderr)
     table = build_latency_table(net, device.profiler(), device=device.to_dict(), batch=device.batch,
                                 threads=device.threads, runs=runs, warmup=min(device.warmup, runs),
-                                calibration=args.calibration, seed=args.seed, progress=_progress())
+                                calibration=args.calibration, holdout=args.holdout, seed=args.seed,
+                                progress=_progress())
     table.save(out)
     corr = table.correction
     fit = f"; correction fitted on {int(corr['n'])} subnets (fit MAPE {corr['fit_mape']:.1%})" if corr else ""
     print(f"wrote {out}: {len(table.entries)} segments{fit}")
+    h = table.holdout
+    if h:
+        print(f"held-out error on {int(h['n'])} subnets: MAPE {h['mape']:.1%} (max {h['max_ape']:.1%}), "
+              f"{h['within_10']:.0%} within 10%, Kendall tau {h['kendall_tau']:.3f}")
+    problems = table.trust_problems()
+    if problems:
+        print(f"warning: search will refuse this table ({'; '.join(problems)}); on fast subnets timing noise can "
+              "outweigh their differences: measure latency in the search instead, or rebuild with more --runs on "
+              "a quiet machine", file=sys.stderr)
     return 0
 
 
 def _cmd_validate_table(args: argparse.Namespace) -> int:
     from nasforge.devices import get_device
-    from nasforge.export._latency_table import LatencyTable, validate_latency_table
+    from nasforge.export import LatencyTable, validate_latency_table
 
     device = get_device(args.device, args.devices)
     table = LatencyTable.load(args.table)
@@ -163,5 +177,6 @@ def _cmd_validate_table(args: argparse.Namespace) -> int:
         print(json.dumps(report))
     else:
         print(f"{report['samples']} subnets on {device.name}: MAPE {report['mape']:.1%} (max {report['max_ape']:.1%}), "
-              f"Kendall tau {report['kendall_tau']:.3f}; uncorrected segment sum MAPE {report['sum_mape']:.1%}")
+              f"{report['within_10']:.0%} within 10%, Kendall tau {report['kendall_tau']:.3f}; uncorrected segment "
+              f"sum MAPE {report['sum_mape']:.1%}")
     return 0

@@ -70,6 +70,7 @@ class SearchJob:
     latency_runs: int = 50
     heartbeat: float = 10.0
     latency_table: str | None = None
+    accept_latency_error: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -215,15 +216,28 @@ def _worker(job: SearchJob, worker: int) -> SearchResult:
                       heartbeat=job.heartbeat)
 
 
-def _table_latency(job: SearchJob, net: Supernet) -> Callable[[Architecture], float] | None:
-    """``arch -> predicted latency_ms`` from ``job.latency_table``, or None without a table."""
+def _table_latency(job: SearchJob, net: Supernet, warn: Callable[[str], None] | None = None
+                   ) -> Callable[[Architecture], float] | None:
+    """``arch -> predicted latency_ms`` from ``job.latency_table``, or None without a table.
+
+    The table must fit ``net`` and be trusted to rank subnets (:meth:`LatencyTable.require_trust`: a recorded
+    held-out error within bounds and, for a table of this machine's CPU, measured on this machine), unless
+    ``job.accept_latency_error`` (then ``warn`` hears why it should not be).
+    """
     if job.latency_table is None:
         return None
-    from nasforge.export import LatencyTable
+    from nasforge.export import LatencyTable, environment_fingerprint
 
     table = LatencyTable.load(job.latency_table)
     table.check_fits(net)
+    local = table.device.get("profiler") in _LOCAL_CPU_PROFILERS
+    here = environment_fingerprint(int(table.device.get("threads", 1))) if local else None
+    table.require_trust(here, accept=job.accept_latency_error, warn=warn)
     return lambda arch: table.predict(net, arch)
+
+
+#: profilers that time on this machine's CPU: a table of theirs is checked against this machine's fingerprint
+_LOCAL_CPU_PROFILERS = frozenset({"ort-cpu", "torch-cpu"})
 
 
 def _worker_entry(job: SearchJob, worker: int) -> None:
@@ -260,8 +274,8 @@ def _run_search_job(job: SearchJob, *, workers: int, resume: bool, log: Callable
     # unknown metrics, a malformed constraint, an unknown sampler (or one whose extra is missing) fail before
     # anything is written
     check_search_settings(job.objectives, job.constraints, job.sampler)
-    if job.latency_table is not None:  # so does a table that is unreadable or made for another supernet
-        _table_latency(job, load_supernet(job.checkpoint)[0])
+    if job.latency_table is not None:  # so does a table that is unreadable, for another supernet or untrusted
+        _table_latency(job, load_supernet(job.checkpoint)[0], warn=log)
     resolve_storage(job.storage_url)  # and a missing database driver or an unreachable database
     out = Path(job.out)
     record = out / "search_job.json"

@@ -81,13 +81,24 @@ def test_latency_table_commands(tmp_path: Path) -> None:
 
 def test_search_uses_the_latency_table(run_folder: Path, tmp_path: Path) -> None:
     table = tmp_path / "t.json"
-    res = run_cli("latency", "build-table", str(run_folder), "--out", str(table), "--runs", "10", "--calibration", "4")
+    res = run_cli("latency", "build-table", str(run_folder), "--out", str(table), "--runs", "10", "--calibration", "4",
+                  "--holdout", "3")
     assert res.returncode == 0, res.stderr[-2000:]
+    assert "held-out error on 3 subnets" in res.stdout
+    # a table whose held-out error is above the limit is refused before any work, in one line ...
+    record = json.loads(table.read_text())
+    record["holdout"] = {"n": 10, "mape": 0.2, "max_ape": 0.5, "within_10": 0.3, "kendall_tau": 0.36, "spearman": 0.5}
+    table.write_text(json.dumps(record))
     out = tmp_path / "search"
-    res = run_cli("search", str(run_folder), "--out", str(out), "--trials", "6", "--sampler", "predictor",
-                  "--objectives", "accuracy,latency_ms", "--constraint", "latency_ms<=100", "--latency-table",
-                  str(table))
+    args = ("search", str(run_folder), "--out", str(out), "--trials", "6", "--sampler", "predictor", "--objectives",
+            "accuracy,latency_ms", "--constraint", "latency_ms<=100", "--latency-table", str(table))
+    res = run_cli(*args)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "Kendall tau 0.36" in res.stderr, res.stderr
+    assert not out.exists()
+    # ... and used, with a warning, when the user accepts it
+    res = run_cli(*args, "--accept-latency-error")
     assert res.returncode == 0, res.stderr[-2000:]
+    assert "warning: using a latency table that may not rank subnets" in res.stderr
     from nasforge.export import LatencyTable
     from nasforge.nas import SearchResult
     from nasforge.supernets.checkpoint import load_supernet
@@ -102,3 +113,9 @@ def test_search_uses_the_latency_table(run_folder: Path, tmp_path: Path) -> None
     res = run_cli("search", str(run_folder), "--out", str(tmp_path / "s2"), "--objectives", "accuracy,latency_ms",
                   "--latency-table", str(other))
     assert res.returncode == 2 and "another supernet" in res.stderr and not (tmp_path / "s2").exists()
+    record["holdout"]["mape"], record["holdout"]["kendall_tau"] = 0.03, 0.95  # trusted, but from another CPU
+    record["fingerprint"]["cpu"]["model"] = "Cortex-A72"
+    table.write_text(json.dumps(record))
+    res = run_cli("search", str(run_folder), "--out", str(tmp_path / "s3"), "--objectives", "accuracy,latency_ms",
+                  "--latency-table", str(table))
+    assert res.returncode == 2 and "another CPU (Cortex-A72" in res.stderr and not (tmp_path / "s3").exists()

@@ -10,8 +10,13 @@ import pytest
 
 from nasforge.devices import get_device, load_devices
 from nasforge.errors import ConfigError
-from nasforge.export import get_profiler
-from nasforge.export._latency_table import LatencyTable, build_latency_table, validate_latency_table
+from nasforge.export import (
+    LatencyTable,
+    build_latency_table,
+    environment_fingerprint,
+    get_profiler,
+    validate_latency_table,
+)
 from nasforge.nas import get_latency_predictor
 from nasforge.supernets import create_supernet
 
@@ -29,7 +34,7 @@ def net():  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="module")
 def table(net, tmp_path_factory: pytest.TempPathFactory) -> Path:  # type: ignore[no-untyped-def]
     built = build_latency_table(net, get_profiler("ort-cpu"), device={"name": "cpu"}, runs=20, warmup=3,
-                                calibration=6, extra_samples=2)
+                                calibration=6, holdout=4, extra_samples=2)
     return built.save(tmp_path_factory.mktemp("table") / "table.json")
 
 
@@ -44,6 +49,41 @@ def test_table_covers_every_segment_of_the_space(net, table: Path) -> None:  # t
         assert loaded.predict(net, arch) > 0
     assert {"a", "b", "c", "fit_mape"} <= set(loaded.correction)
     assert loaded.device["name"] == "cpu" and loaded.fingerprint
+    # the error on 4 other subnets, measured after the fit, travels with the table
+    assert loaded.holdout["n"] == 4 and {"mape", "within_10", "kendall_tau", "max_ape"} <= set(loaded.holdout)
+    assert loaded.fingerprint["cpu"]["model"] == environment_fingerprint(1)["cpu"]["model"]
+
+
+GOOD = {"n": 10.0, "mape": 0.04, "max_ape": 0.09, "within_10": 1.0, "kendall_tau": 0.93, "spearman": 0.98}
+
+
+def test_a_table_that_cannot_rank_is_refused(table: Path) -> None:
+    """The guard search relies on: a held-out error above the limit, no held-out check at all, or a table measured
+    on another CPU is refused in one line, or, when the user accepts it, used with a warning."""
+    loaded = LatencyTable.load(table)
+    here = environment_fingerprint(1)
+    loaded.holdout = dict(GOOD)
+    assert loaded.trust_problems(here) == []
+    loaded.require_trust(here)
+    loaded.holdout = {**GOOD, "mape": 0.2, "kendall_tau": 0.36}  # what the tiny space gave on a 2-core EPYC
+    with pytest.raises(ConfigError) as err:
+        loaded.require_trust(here)
+    text = str(err.value)
+    assert "MAPE 20.0%" in text and "Kendall tau 0.36" in text and "--accept-latency-error" in text
+    assert "\n" not in text
+    warned: list[str] = []
+    loaded.require_trust(here, accept=True, warn=warned.append)
+    assert len(warned) == 1 and "MAPE 20.0%" in warned[0]
+    loaded.holdout = {}
+    assert "no held-out error" in loaded.trust_problems()[0]
+    loaded.holdout = dict(GOOD)
+    other = {**here, "cpu": {**here["cpu"], "model": "Raspberry Pi 4 (Cortex-A72)"}}
+    loaded.fingerprint = other
+    assert "another CPU (Raspberry Pi 4" in " ".join(loaded.trust_problems(here))
+    loaded.fingerprint = {**here, "cpu": {**here["cpu"], "flags": [*here["cpu"]["flags"], "avx512_bf16x"]}}
+    assert "only there: avx512_bf16x" in " ".join(loaded.trust_problems(here))
+    saved = loaded.save(table.parent / "copy.json")  # the held-out record survives a round trip
+    assert LatencyTable.load(saved).holdout == GOOD
 
 
 def test_validation_measures_the_error(net, table: Path) -> None:  # type: ignore[no-untyped-def]
@@ -55,12 +95,17 @@ def test_validation_measures_the_error(net, table: Path) -> None:  # type: ignor
 
 
 def test_table_predictor_plugs_into_the_registry(net, table: Path) -> None:  # type: ignore[no-untyped-def]
-    predictor = get_latency_predictor("table", table=table, net=net)
+    untrusted = LatencyTable.load(table)
+    untrusted.holdout = {**GOOD, "kendall_tau": 0.2}
+    with pytest.raises(ConfigError, match="cannot be trusted"):
+        get_latency_predictor("table", table=untrusted, net=net)
+    predictor = get_latency_predictor("table", table=table, net=net, accept_error=True)
     archs = [net.space.sample(i) for i in range(8)]
     pred = predictor.predict(archs)
     assert pred.shape == (8,) and np.all(pred > 0)
-    report = predictor.fit(archs, list(pred * 1.5), holdout=0.25)  # a slower device: the correction follows
+    report = predictor.fit(archs, list(pred * 1.5), holdout=0.4)  # a slower device: the correction follows
     assert report.mape < 0.05
+    assert predictor.table.holdout["mape"] < 0.05  # and so does the recorded held-out error
     assert np.allclose(predictor.predict(archs), pred * 1.5, rtol=0.05)
 
 

@@ -1,0 +1,223 @@
+"""Building and checking per-device latency tables: every distinct segment of a supernet timed on the target,
+an end-to-end correction fitted on a few whole subnets, and the table's error measured on held-out subnets that
+played no part in the fit (recorded in the table, so a search can refuse a table that cannot rank).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import tempfile
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from nasforge.errors import ConfigError
+
+from ._latency_table import (
+    SEGMENT_RUNS,
+    SEGMENT_WARMUP,
+    LatencyTable,
+    Progress,
+    error_stats,
+    supernet_signature,
+)
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from nasforge.supernets import Architecture, Supernet
+
+    from ._latency import LatencyResult, Profiler
+
+__all__ = ["build_latency_table", "measure_subnets", "validate_latency_table"]
+
+
+def _measure_module(module: nn.Module, shape: tuple[int, ...], profiler: Profiler, folder: Path, name: str,
+                    batch: int, options: Mapping[str, Any]) -> LatencyResult:
+    """Export ``module`` (batch ``batch``) to ONNX in ``folder`` and time it with ``profiler``."""
+    import torch
+
+    from ._onnx import export_onnx
+
+    path = folder / f"{name}.onnx"
+    export_onnx(module.eval(), torch.randn(batch, *shape), path, exporter="torchscript", atol=1e-3)
+    try:
+        return profiler.measure(path, batch=batch, **options)
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _segment_key_file(key: str) -> str:
+    return hashlib.sha1(key.encode()).hexdigest()[:12]
+
+
+def _covering(net: Supernet, extra: int, seed: int) -> list[Architecture]:
+    archs = list(net.covering_architectures())
+    rng = random.Random(seed)
+    archs.extend(net.space.sample(rng) for _ in range(extra))
+    return archs
+
+
+def _distinct_samples(net: Supernet, count: int, seed: int, avoid: Iterable[Architecture] = ()) -> list[Architecture]:
+    rng = random.Random(seed)
+    seen = set(avoid)
+    out: list[Architecture] = []
+    for _ in range(count * 50):
+        arch = net.space.sample(rng)
+        if arch not in seen:
+            seen.add(arch)
+            out.append(arch)
+            if len(out) == count:
+                break
+    return out
+
+
+def measure_subnets(net: Supernet, archs: Sequence[Architecture], profiler: Profiler, *, batch: int = 1,
+                    options: Mapping[str, Any] | None = None, progress: Progress | None = None,
+                    phase: str = "subnets") -> list[float]:
+    """Median end-to-end latency (ms) of each subnet, exported whole."""
+    options = dict(options or {})
+    out: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="nasforge-lat-") as tmp:
+        for i, arch in enumerate(archs):
+            sub = net.extract(arch).eval()
+            result = _measure_module(sub, net.input_shape(arch), profiler, Path(tmp), f"subnet{i}", batch, options)
+            out.append(result.median_ms)
+            if progress is not None:
+                progress(phase, i + 1, len(archs))
+    return out
+
+
+def build_latency_table(
+    net: Supernet,
+    profiler: Profiler,
+    *,
+    device: Mapping[str, Any] | None = None,
+    batch: int = 1,
+    threads: int = 1,
+    runs: int = SEGMENT_RUNS,
+    warmup: int = SEGMENT_WARMUP,
+    calibration: int = 20,
+    holdout: int = 10,
+    extra_samples: int = 20,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> LatencyTable:
+    """Measure every distinct segment of ``net``'s space with ``profiler``, fit the end-to-end correction and
+    measure the table's error on held-out subnets (:attr:`LatencyTable.holdout`).
+
+    Args:
+        net: a supernet whose family implements :meth:`Supernet.latency_segments` (the MobileNetV3 family).
+        profiler: where to measure (``get_profiler("ort-cpu")``, a remote agent, ...).
+        device: recorded with the table (e.g. the device's name and settings).
+        batch, threads, runs, warmup: the timing settings of each segment and subnet.
+        calibration: subnets measured end to end to fit the correction (0: no correction, plain sum).
+        holdout: other subnets measured end to end after the fit, whose prediction error (MAPE, share within
+            10%, Kendall tau) is recorded with the table; a search refuses a table whose held-out error is above
+            :data:`MAX_HOLDOUT_MAPE` or whose tau is below :data:`MIN_HOLDOUT_TAU` (0: no check; 3 or more).
+        extra_samples: random architectures added to the family's covering set, so that segments a family's
+            covering set might miss are measured too.
+        seed: seeds the random architectures.
+        progress: called as ``(phase, done, total)``.
+
+    Raises:
+        ConfigError: the family has no block decomposition, or a bad setting.
+    """
+    from ._latency import environment_fingerprint
+
+    for name, value, low in (("batch", batch, 1), ("threads", threads, 1), ("runs", runs, 1), ("warmup", warmup, 0),
+                             ("calibration", calibration, 0), ("holdout", holdout, 0),
+                             ("extra_samples", extra_samples, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ConfigError(f"{name}={value!r} must be an integer >= {low}")
+    if 0 < calibration < 3:
+        raise ConfigError(f"calibration={calibration} is too few subnets to fit the correction; use 0 or >= 3")
+    if 0 < holdout < 3:
+        raise ConfigError(f"holdout={holdout} is too few subnets to measure a ranking error; use 0 or >= 3")
+    try:
+        net.latency_segments(net.space.largest())
+    except NotImplementedError as exc:
+        raise ConfigError(f"{exc}; predict latency from MACs (`macs` latency predictor) or measure end to end") from None
+    net.eval()
+    options = {"runs": runs, "warmup": warmup, "threads": threads}
+    table = LatencyTable(space=net.space.name, signature=supernet_signature(net),
+                         device={**dict(device or {}), "batch": batch, "threads": threads, "runs": runs,
+                                 "profiler": getattr(profiler, "name", type(profiler).__name__)},
+                         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    # which architecture supplies each distinct segment
+    todo: dict[str, tuple[Architecture, int, tuple[int, ...]]] = {}
+    for arch in _covering(net, extra_samples, seed):
+        for index, (key, shape) in enumerate(net.latency_segments(arch)):
+            todo.setdefault(key, (arch, index, tuple(shape)))
+    by_arch: dict[Architecture, list[tuple[str, int, tuple[int, ...]]]] = {}
+    for key, (arch, index, shape) in todo.items():
+        by_arch.setdefault(arch, []).append((key, index, shape))
+    done = 0
+    with tempfile.TemporaryDirectory(prefix="nasforge-table-") as tmp:
+        for arch, wanted in by_arch.items():
+            modules = net.segment_modules(arch)
+            for key, index, shape in wanted:
+                result = _measure_module(modules[index], shape, profiler, Path(tmp), _segment_key_file(key), batch,
+                                         options)
+                table.entries[key] = {"ms": result.median_ms, "p90": result.p90_ms, "cv": result.cv,
+                                      "shape": list(shape)}
+                table.fingerprint = table.fingerprint or dict(result.fingerprint or {})  # the measuring device's
+                done += 1
+                if progress is not None:
+                    progress("segments", done, len(todo))
+    archs = _distinct_samples(net, calibration + holdout, seed + 1)
+    fit, held = archs[:calibration], archs[calibration:]
+    if fit:
+        measured = measure_subnets(net, fit, profiler, batch=batch, options=options, progress=progress)
+        table.fit_correction(net, fit, measured)
+    if held:
+        measured = measure_subnets(net, held, profiler, batch=batch, options=options, progress=progress,
+                                   phase="held-out")
+        table.holdout = error_stats(table.predict_many(net, held), np.asarray(measured))
+    table.fingerprint = table.fingerprint or environment_fingerprint(threads)
+    return table
+
+
+def validate_latency_table(
+    table: LatencyTable,
+    net: Supernet,
+    profiler: Profiler,
+    *,
+    samples: int = 30,
+    seed: int = 12345,
+    runs: int | None = None,
+    warmup: int | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Measure ``samples`` random subnets end to end and compare with the table's predictions.
+
+    Returns:
+        ``{"samples", "mape", "max_ape", "within_10", "kendall_tau", "spearman", "sum_mape", "rows": [{"arch",
+        "measured_ms", "predicted_ms", "sum_ms"}]}`` (``sum_mape``: the uncorrected segment sum's error).
+
+    Raises:
+        ConfigError: a table for another supernet, fewer than 3 samples.
+    """
+    if samples < 3:
+        raise ConfigError(f"--samples {samples} is too few to rank; use 3 or more")
+    table.check_fits(net)
+    net.eval()
+    device = table.device
+    options = {"runs": runs or int(device.get("runs", SEGMENT_RUNS)), "warmup": warmup or SEGMENT_WARMUP,
+               "threads": int(device.get("threads", 1))}
+    archs = _distinct_samples(net, samples, seed)
+    measured = np.array(measure_subnets(net, archs, profiler, batch=int(device.get("batch", 1)), options=options,
+                                        progress=progress))
+    predicted = table.predict_many(net, archs)
+    sums = np.array([table.segment_sum(net, a)[0] for a in archs])
+    stats = error_stats(predicted, measured)
+    return {
+        "samples": len(archs), **{k: v for k, v in stats.items() if k != "n"},
+        "sum_mape": error_stats(sums, measured)["mape"],
+        "rows": [{"arch": a.to_dict(), "measured_ms": float(m), "predicted_ms": float(p), "sum_ms": float(s)}
+                 for a, m, p, s in zip(archs, measured, predicted, sums, strict=True)],
+    }
