@@ -1,16 +1,20 @@
 """Export and latency on this CPU: ORT vs eager PyTorch, achieved GFLOP/s, and the latency-table predictor's error.
 
     python benchmarks/latency.py --out /tmp/latency-bench [--space mbv3-small] [--subnets 6] [--samples 30]
-        [--threads 1]
+        [--threads 1] [--batch 1] [--validate-at 128,224] [--skip-backends] [--remote]
 
 1. **ORT vs eager PyTorch:** ``--subnets`` subnets of ``--space`` (corners plus random ones, untrained weights: latency
    does not depend on them) are exported to ONNX and timed with the ``ort-cpu`` and ``torch-cpu`` profilers at
    batch 1 and 32, alternating the two backends subnet by subnet (same process, same threads).
 2. **Achieved GFLOP/s:** each subnet's 2 x MACs x batch / median time, against this machine's fp32 matrix-multiply
    rate measured in the same process (``torch.mm`` of 1024 x 1024 matrices with the same thread count).
-3. **Latency table:** ``nasforge.export.build_latency_table`` on ``ort-cpu`` (``--calibration`` subnets fit the
-   correction), then ``validate_latency_table`` on ``--samples`` fresh random subnets: MAPE and Kendall tau, and the
-   MAPE of the uncorrected sum of segments.
+3. **Latency table:** ``nasforge.export.build_latency_table`` on ``ort-cpu`` at ``--batch`` (``--calibration``
+   subnets fit the correction, ``--holdout`` others record its held-out error), then ``validate_latency_table`` on
+   ``--samples`` fresh random subnets: MAPE, share within 10%, Kendall tau, and the MAPE of the uncorrected sum of
+   segments; with ``--validate-at R1,R2`` once more per resolution (``--samples`` subnets all at that resolution:
+   ranking subnets of one resolution is the harder test). The build cost (segments and subnets measured, seconds)
+   is reported. ``--remote`` measures through a profiling agent started as a second process on 127.0.0.1 (a
+   stand-in for a board); ``--skip-backends`` skips parts 1 and 2.
 
 Writes ``results.json``, ``latency_table.json`` and ``table_pred_vs_measured.png`` into ``--out`` and prints the tables
 for BENCHMARKS.md.
@@ -19,13 +23,19 @@ for BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
+import socket
+import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from nasforge.export import build_latency_table, export_onnx, get_profiler, validate_latency_table
@@ -46,25 +56,53 @@ def matmul_gflops(threads: int, n: int = 1024, reps: int = 20) -> float:
     return 2 * n**3 / best / 1e9
 
 
-def main() -> None:
+def _args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--space", default="mbv3-small")
     ap.add_argument("--subnets", type=int, default=6)
     ap.add_argument("--runs", type=int, default=200)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--batch", type=int, default=1, help="batch of the table and its validation")
     ap.add_argument("--samples", type=int, default=30, help="random subnets to validate the table on")
     ap.add_argument("--calibration", type=int, default=20)
+    ap.add_argument("--holdout", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved measurements of each validation subnet")
+    ap.add_argument("--validate-at", default="", help="also validate at each of these resolutions, e.g. 128,224")
+    ap.add_argument("--skip-backends", action="store_true", help="skip ORT vs eager and GFLOP/s")
+    ap.add_argument("--remote", action="store_true", help="measure the table through an agent on 127.0.0.1")
+    ap.add_argument("--resolutions", default="", help="build the supernet with only these resolutions, e.g. 160")
     ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = _args()
     args.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
-    net = create_supernet(args.space).eval()
+    options = {"resolutions": [int(r) for r in args.resolutions.split(",")]} if args.resolutions else {}
+    net = create_supernet(args.space, **options).eval()
+    payload: dict[str, Any] = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
+    if not args.skip_backends:
+        payload.update(compare_backends(args, net))
+    with _profiler(args) as (profiler, where):
+        payload.update(table_error(args, net, profiler, where))
+    (args.out / "results.json").write_text(json.dumps(payload, indent=2))
+    plot(payload["validation"], args.out / "table_pred_vs_measured.png")
+    print(f"\nwrote {args.out}/results.json, latency_table.json, table_pred_vs_measured.png")
+    print(f"reproduce: python benchmarks/latency.py --out DIR --space {args.space} --subnets {args.subnets} "
+          f"--samples {args.samples} --threads {args.threads} --batch {args.batch}"
+          + (f" --validate-at {args.validate_at}" if args.validate_at else "")
+          + (" --skip-backends" if args.skip_backends else "") + (" --remote" if args.remote else "")
+          + (f" --resolutions {args.resolutions}" if args.resolutions else ""))
+
+
+def compare_backends(args: argparse.Namespace, net: Any) -> dict[str, Any]:
+    """Parts 1 and 2: ORT vs eager PyTorch per subnet and batch, and the achieved share of the matmul rate."""
     rng = random.Random(args.seed)
     archs = [net.space.smallest(), net.space.largest()] + [net.space.sample(rng) for _ in range(args.subnets - 2)]
     peak = matmul_gflops(args.threads)
     print(f"fp32 matmul rate (torch.mm 1024x1024, {args.threads} thread(s)): {peak:.1f} GFLOP/s", flush=True)
-
     ort, eager = get_profiler("ort-cpu"), get_profiler("torch-cpu")
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -84,20 +122,6 @@ def main() -> None:
                              "ort_ms": o.median_ms, "ort_cv": o.cv, "torch_ms": e.median_ms, "torch_cv": e.cv,
                              "speedup": e.median_ms / o.median_ms, "ort_gflops": flops / o.median_ms / 1e6,
                              "torch_gflops": flops / e.median_ms / 1e6})
-                r = rows[-1]
-                print(f"  subnet {i} ({macs / 1e6:.2f} MMACs) batch {batch}: ort {r['ort_ms']:.3f} ms, "
-                      f"torch {r['torch_ms']:.3f} ms, x{r['speedup']:.2f}", flush=True)
-
-    t0 = time.perf_counter()
-    table = build_latency_table(net, ort, device={"name": "cpu"}, threads=args.threads,
-                                calibration=args.calibration, seed=args.seed)
-    build_s = time.perf_counter() - t0
-    table.save(args.out / "latency_table.json")
-    t0 = time.perf_counter()
-    report = validate_latency_table(table, net, ort, samples=args.samples, seed=args.seed + 777,
-                                    runs=args.runs)
-    validate_s = time.perf_counter() - t0
-
     print(f"\n{args.space}, {args.threads} thread(s); ORT graph optimisation ALL vs eager PyTorch (inference mode)\n")
     print("| subnet | MMACs | batch | ORT ms | eager ms | eager / ORT | ORT GFLOP/s | % of matmul rate |")
     print("|---|---|---|---|---|---|---|---|")
@@ -105,26 +129,72 @@ def main() -> None:
         print(f"| {r['subnet']} | {r['macs'] / 1e6:.2f} | {r['batch']} | {r['ort_ms']:.3f} | {r['torch_ms']:.3f} | "
               f"{r['speedup']:.2f} | {r['ort_gflops']:.2f} | {100 * r['ort_gflops'] / peak:.1f}% |")
     for batch in (1, 32):
-        mine = [r for r in rows if r["batch"] == batch]
-        geo = 1.0
-        for r in mine:
-            geo *= r["speedup"]
-        print(f"\nbatch {batch}: eager / ORT geometric mean x{geo ** (1 / len(mine)):.2f} over {len(mine)} subnets")
-    print(f"\nlatency table: {len(table.entries)} segments, built in {build_s:.0f} s; correction a={table.correction['a']:.3f} "
-          f"b={table.correction['b']:.4f} ms/segment c={table.correction['c']:.4f} ms (fit MAPE "
-          f"{table.correction['fit_mape']:.1%} on {int(table.correction['n'])} subnets)")
-    print(f"validation on {report['samples']} fresh subnets ({validate_s:.0f} s): MAPE {report['mape']:.1%} "
-          f"(max {report['max_ape']:.1%}), Kendall tau {report['kendall_tau']:.3f}, Spearman {report['spearman']:.3f}; "
-          f"uncorrected segment sum MAPE {report['sum_mape']:.1%}")
-    payload = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-               "matmul_gflops": peak, "rows": rows, "table": {"segments": len(table.entries), "build_s": build_s,
-                                                               "correction": table.correction},
-               "validation": report}
-    (args.out / "results.json").write_text(json.dumps(payload, indent=2))
-    plot(report, args.out / "table_pred_vs_measured.png")
-    print(f"\nwrote {args.out}/results.json, latency_table.json, table_pred_vs_measured.png")
-    print(f"reproduce: python benchmarks/latency.py --out DIR --space {args.space} --subnets {args.subnets} "
-          f"--samples {args.samples} --threads {args.threads}")
+        mine = [r["speedup"] for r in rows if r["batch"] == batch]
+        geo = float(np.exp(np.mean(np.log(mine))))
+        print(f"\nbatch {batch}: eager / ORT geometric mean x{geo:.2f} over {len(mine)} subnets")
+    return {"matmul_gflops": peak, "rows": rows}
+
+
+@contextlib.contextmanager
+def _profiler(args: argparse.Namespace) -> Iterator[tuple[Any, str]]:
+    """``ort-cpu`` here, or (``--remote``) a profiling agent on 127.0.0.1 in a second process."""
+    if not args.remote:
+        yield get_profiler("ort-cpu"), "ort-cpu"
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        token = Path(tmp) / "agent.token"
+        subprocess.run([sys.executable, "-m", "nasforge", "agent", "token", "--out", str(token)], check=True)
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        agent = subprocess.Popen([sys.executable, "-m", "nasforge", "agent", "serve", "--port", str(port),
+                                  "--token-file", str(token)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            for _ in range(100):
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                        break
+                except OSError:
+                    time.sleep(0.1)
+            yield get_profiler("remote", url=url, token_file=token), f"agent at {url} (ort-cpu)"
+        finally:
+            agent.terminate()
+            agent.wait(timeout=30)
+
+
+def table_error(args: argparse.Namespace, net: Any, profiler: Any, where: str) -> dict[str, Any]:
+    """Part 3: build the table (cost counted), then its error on fresh subnets, overall and per resolution."""
+    t0 = time.perf_counter()
+    table = build_latency_table(net, profiler, device={"name": where}, threads=args.threads, batch=args.batch,
+                                calibration=args.calibration, holdout=args.holdout, seed=args.seed)  # repeats 2
+    build_s = time.perf_counter() - t0
+    table.save(args.out / "latency_table.json")
+    measured = len(table.entries) + args.calibration + args.holdout
+    corr, held = table.correction, table.holdout
+    print(f"\nlatency table of {args.space} on {where}, batch {args.batch}: {len(table.entries)} segments + "
+          f"{args.calibration} + {args.holdout} subnets measured in {build_s:.0f} s; correction a={corr['a']:.3f} "
+          f"b={corr['b']:.4f} ms/segment c={corr['c']:.4f} ms (fit MAPE {corr['fit_mape']:.1%}); held-out: MAPE "
+          f"{held['mape']:.1%}, {held['within_10']:.0%} within 10%, tau {held['kendall_tau']:.3f}")
+    print("\n| validated on | subnets | MAPE | max error | within 10% | Kendall tau | Spearman | plain sum MAPE | "
+          "repeat MAPE / tau | s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    reports: dict[str, Any] = {}
+    for label, resolution in [("all resolutions", None)] + [
+            (f"{r} px", int(r)) for r in args.validate_at.split(",") if r.strip()]:
+        t0 = time.perf_counter()
+        rep = validate_latency_table(table, net, profiler, samples=args.samples, seed=args.seed + 777,
+                                     runs=args.runs, resolution=resolution, repeats=args.repeats)
+        rep["seconds"] = time.perf_counter() - t0
+        reports[label] = rep
+        again = rep["repeatability"]
+        floor = f"{again['mape']:.1%} / {again['kendall_tau']:.3f}" if again else "-"
+        print(f"| {label} | {rep['samples']} | {rep['mape']:.1%} | {rep['max_ape']:.1%} | {rep['within_10']:.0%} | "
+              f"{rep['kendall_tau']:.3f} | {rep['spearman']:.3f} | {rep['sum_mape']:.1%} | {floor} | "
+              f"{rep['seconds']:.0f} |", flush=True)
+    return {"table": {"segments": len(table.entries), "measured": measured, "build_s": build_s,
+                      "correction": corr, "holdout": held, "fingerprint_cpu": table.fingerprint.get("cpu")},
+            "validation": reports["all resolutions"], "validations": reports}
 
 
 def plot(report: dict[str, Any], path: Path) -> None:

@@ -43,7 +43,13 @@ from ._latency import (
     register_profiler,
     timed_runs,
 )
-from ._latency_build import build_latency_table, measure_subnets, validate_latency_table
+from ._latency_build import (
+    build_latency_table,
+    measure_rounds,
+    measure_subnets,
+    repeatability,
+    validate_latency_table,
+)
 from ._latency_table import (
     MAX_HOLDOUT_MAPE,
     MIN_HOLDOUT_TAU,
@@ -89,7 +95,9 @@ __all__ = [
     "build_latency_table",
     "error_stats",
     "fingerprint_problems",
+    "measure_rounds",
     "measure_subnets",
+    "repeatability",
     "validate_latency_table",
     "supernet_signature",
     "slim_onnx",

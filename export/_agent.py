@@ -12,8 +12,9 @@ never a traceback:
   backends it offers, ``busy``, onnxruntime's providers and the :func:`environment_fingerprint` (CPU model and
   flags, runtime versions).
 * ``POST /profile?batch=1&runs=200&warmup=20&threads=1&backend=ort-cpu`` (also ``max_cv``, ``max_remeasure``,
-  ``input_shape=3,224,224``), the body being the ``.onnx`` file: the latency result plus ``model_sha256`` and
-  ``cached``. ``threads`` goes up to the board's usable CPU cores.
+  ``input_shape=3,224,224``, ``fresh=1`` to measure again rather than answer from the cache), the body being the
+  ``.onnx`` file: the latency result plus ``model_sha256`` and ``cached``. ``threads`` goes up to the board's
+  usable CPU cores.
 
 Security: the bearer token is compared in constant time (401 otherwise, also on ``/info``); ``Content-Length``
 is required (411), must be decimal digits (400) and is checked against ``max_bytes`` before a byte of the body

@@ -37,7 +37,7 @@ __all__ = ["AgentServer", "usable_cpus"]
 
 _MIB = 1024 * 1024
 _MIN_UPLOAD_RATE = _MIB  # bytes per second an upload may not fall below (past read_timeout_s)
-_INT_PARAMS = ("batch", "runs", "warmup", "threads", "max_remeasure")
+_INT_PARAMS = ("batch", "runs", "warmup", "threads", "max_remeasure", "fresh")
 _DEFAULTS: dict[str, Any] = {
     "backend": "ort-cpu",
     "batch": 1,
@@ -47,6 +47,7 @@ _DEFAULTS: dict[str, Any] = {
     "max_cv": 0.1,
     "max_remeasure": 2,
     "input_shape": None,
+    "fresh": 0,  # 1: measure again even if a cached result exists (repeated measurements of one model)
 }
 _ROUTES = {"/info": "GET", "/profile": "POST"}
 _CACHE_ENTRIES = 1024
@@ -303,6 +304,8 @@ def _check_settings(settings: dict[str, Any], config: AgentConfig) -> None:
             f"backend {settings['backend'][:50]!r} is not offered by this agent; it offers "
             f"{', '.join(config.backends)}",
         )
+    if settings["fresh"] not in (0, 1):
+        raise _Reply(400, "fresh must be 0 (a cached result may answer) or 1 (measure again)")
     try:
         check_measure_args(**{k: settings[k] for k in ("batch", "runs", "warmup", "threads", "max_cv",
                                                         "max_remeasure")})
@@ -446,8 +449,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _measure(self, data: bytes, settings: dict[str, Any]) -> dict[str, Any]:
         sha = hashlib.sha256(data).hexdigest()
+        fresh = bool(settings.pop("fresh", 0))
         key = self.server.cache_key(sha, settings)
-        cached = self.server.cache_get(key)
+        cached = None if fresh else self.server.cache_get(key)
         if cached is not None:
             self._note = "cached"
             return {**cached, "model_sha256": sha, "cached": True}

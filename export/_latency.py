@@ -147,6 +147,8 @@ class Profiler(ABC):
     """
 
     name: ClassVar[str]
+    #: whether the profiler may answer a repeated measurement from a cache (then ``measure`` takes ``fresh=True``)
+    caches: ClassVar[bool] = False
 
     @abstractmethod
     def measure(

@@ -33,18 +33,24 @@ if TYPE_CHECKING:
 
     from ._latency import LatencyResult, Profiler
 
-__all__ = ["build_latency_table", "measure_subnets", "validate_latency_table"]
+__all__ = ["build_latency_table", "measure_rounds", "measure_subnets", "repeatability", "validate_latency_table"]
 
 
-def _measure_module(module: nn.Module, shape: tuple[int, ...], profiler: Profiler, folder: Path, name: str,
-                    batch: int, options: Mapping[str, Any]) -> LatencyResult:
-    """Export ``module`` (batch ``batch``) to ONNX in ``folder`` and time it with ``profiler``."""
+def _export_module(module: nn.Module, shape: tuple[int, ...], folder: Path, name: str, batch: int) -> Path:
+    """Export ``module`` (batch ``batch``) to ``folder/name.onnx``."""
     import torch
 
     from ._onnx import export_onnx
 
     path = folder / f"{name}.onnx"
     export_onnx(module.eval(), torch.randn(batch, *shape), path, exporter="torchscript", atol=1e-3)
+    return path
+
+
+def _measure_module(module: nn.Module, shape: tuple[int, ...], profiler: Profiler, folder: Path, name: str,
+                    batch: int, options: Mapping[str, Any]) -> LatencyResult:
+    """Export ``module`` (batch ``batch``) to ONNX in ``folder`` and time it with ``profiler``."""
+    path = _export_module(module, shape, folder, name, batch)
     try:
         return profiler.measure(path, batch=batch, **options)
     finally:
@@ -62,12 +68,16 @@ def _covering(net: Supernet, extra: int, seed: int) -> list[Architecture]:
     return archs
 
 
-def _distinct_samples(net: Supernet, count: int, seed: int, avoid: Iterable[Architecture] = ()) -> list[Architecture]:
+def _distinct_samples(net: Supernet, count: int, seed: int, avoid: Iterable[Architecture] = (),
+                      resolution: int | None = None) -> list[Architecture]:
+    """``count`` distinct random architectures (all at ``resolution`` when given)."""
     rng = random.Random(seed)
     seen = set(avoid)
     out: list[Architecture] = []
     for _ in range(count * 50):
         arch = net.space.sample(rng)
+        if resolution is not None:
+            arch = net.space.canonical({**arch.to_dict(), "r": resolution})
         if arch not in seen:
             seen.add(arch)
             out.append(arch)
@@ -78,18 +88,41 @@ def _distinct_samples(net: Supernet, count: int, seed: int, avoid: Iterable[Arch
 
 def measure_subnets(net: Supernet, archs: Sequence[Architecture], profiler: Profiler, *, batch: int = 1,
                     options: Mapping[str, Any] | None = None, progress: Progress | None = None,
-                    phase: str = "subnets") -> list[float]:
-    """Median end-to-end latency (ms) of each subnet, exported whole."""
+                    phase: str = "subnets", repeats: int = 1) -> list[float]:
+    """End-to-end latency (ms) of each subnet, exported whole: the median of ``repeats`` measurements taken in
+    interleaved rounds (every subnet once, then again), so that the machine's drift hits all subnets alike."""
+    return [float(v) for v in np.median(measure_rounds(net, archs, profiler, batch=batch, options=options,
+                                                       progress=progress, phase=phase, repeats=repeats), axis=0)]
+
+
+def measure_rounds(net: Supernet, archs: Sequence[Architecture], profiler: Profiler, *, batch: int = 1,
+                   options: Mapping[str, Any] | None = None, progress: Progress | None = None,
+                   phase: str = "subnets", repeats: int = 1) -> np.ndarray:
+    """``(repeats, len(archs))`` median latencies (ms): each subnet exported once, then timed in ``repeats``
+    interleaved rounds."""
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ConfigError(f"repeats={repeats!r} must be an integer >= 1")
     options = dict(options or {})
-    out: list[float] = []
+    out = np.zeros((repeats, len(archs)))
     with tempfile.TemporaryDirectory(prefix="nasforge-lat-") as tmp:
-        for i, arch in enumerate(archs):
-            sub = net.extract(arch).eval()
-            result = _measure_module(sub, net.input_shape(arch), profiler, Path(tmp), f"subnet{i}", batch, options)
-            out.append(result.median_ms)
-            if progress is not None:
-                progress(phase, i + 1, len(archs))
+        paths = [_export_module(net.extract(arch).eval(), net.input_shape(arch), Path(tmp), f"subnet{i}", batch)
+                 for i, arch in enumerate(archs)]
+        if getattr(profiler, "caches", False):  # every round is a new measurement, not the agent's cached one
+            options["fresh"] = True
+        for r in range(repeats):
+            for i, path in enumerate(paths):
+                out[r, i] = profiler.measure(path, batch=batch, **options).median_ms
+                if progress is not None:
+                    progress(phase, r * len(paths) + i + 1, repeats * len(paths))
     return out
+
+
+def repeatability(rounds: np.ndarray) -> dict[str, float]:
+    """How well a second measurement session reproduces the first: :func:`error_stats` of round 2 against round
+    1 (``{}`` with one round): the floor under any predictor's error measured against one session."""
+    if len(rounds) < 2:
+        return {}
+    return error_stats(rounds[1], rounds[0])
 
 
 def build_latency_table(
@@ -103,6 +136,7 @@ def build_latency_table(
     warmup: int = SEGMENT_WARMUP,
     calibration: int = 20,
     holdout: int = 10,
+    repeats: int = 2,
     extra_samples: int = 20,
     seed: int = 0,
     progress: Progress | None = None,
@@ -119,6 +153,8 @@ def build_latency_table(
         holdout: other subnets measured end to end after the fit, whose prediction error (MAPE, share within
             10%, Kendall tau) is recorded with the table; a search refuses a table whose held-out error is above
             :data:`MAX_HOLDOUT_MAPE` or whose tau is below :data:`MIN_HOLDOUT_TAU` (0: no check; 3 or more).
+        repeats: interleaved measurement rounds of each calibration and held-out subnet (their median counts):
+            at millisecond latencies two sessions on one machine differ by a few percent.
         extra_samples: random architectures added to the family's covering set, so that segments a family's
             covering set might miss are measured too.
         seed: seeds the random architectures.
@@ -172,11 +208,12 @@ def build_latency_table(
     archs = _distinct_samples(net, calibration + holdout, seed + 1)
     fit, held = archs[:calibration], archs[calibration:]
     if fit:
-        measured = measure_subnets(net, fit, profiler, batch=batch, options=options, progress=progress)
+        measured = measure_subnets(net, fit, profiler, batch=batch, options=options, progress=progress,
+                                   repeats=repeats)
         table.fit_correction(net, fit, measured)
     if held:
         measured = measure_subnets(net, held, profiler, batch=batch, options=options, progress=progress,
-                                   phase="held-out")
+                                   phase="held-out", repeats=repeats)
         table.holdout = error_stats(table.predict_many(net, held), np.asarray(measured))
     table.fingerprint = table.fingerprint or environment_fingerprint(threads)
     return table
@@ -191,13 +228,19 @@ def validate_latency_table(
     seed: int = 12345,
     runs: int | None = None,
     warmup: int | None = None,
+    resolution: int | None = None,
+    repeats: int = 3,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Measure ``samples`` random subnets end to end and compare with the table's predictions.
+    """Measure ``samples`` random subnets end to end (all at ``resolution`` when given: ranking subnets of one
+    resolution is the harder test) and compare with the table's predictions. Each subnet is measured in
+    ``repeats`` interleaved rounds; the median counts, and the agreement of the first two rounds is reported as
+    ``repeatability``: no predictor can be judged more precisely than the measurement repeats.
 
     Returns:
-        ``{"samples", "mape", "max_ape", "within_10", "kendall_tau", "spearman", "sum_mape", "rows": [{"arch",
-        "measured_ms", "predicted_ms", "sum_ms"}]}`` (``sum_mape``: the uncorrected segment sum's error).
+        ``{"samples", "mape", "max_ape", "within_10", "kendall_tau", "spearman", "sum_mape", "repeats",
+        "repeatability", "rows": [{"arch", "measured_ms", "predicted_ms", "sum_ms"}]}`` (``sum_mape``: the
+        uncorrected segment sum's error; ``repeatability``: :func:`repeatability` of the rounds).
 
     Raises:
         ConfigError: a table for another supernet, fewer than 3 samples.
@@ -209,15 +252,18 @@ def validate_latency_table(
     device = table.device
     options = {"runs": runs or int(device.get("runs", SEGMENT_RUNS)), "warmup": warmup or SEGMENT_WARMUP,
                "threads": int(device.get("threads", 1))}
-    archs = _distinct_samples(net, samples, seed)
-    measured = np.array(measure_subnets(net, archs, profiler, batch=int(device.get("batch", 1)), options=options,
-                                        progress=progress))
+    if resolution is not None and ("r" not in net.space.names or resolution not in net.space.dim("r").choices):
+        raise ConfigError(f"resolution {resolution} is not one of the space's resolutions")
+    archs = _distinct_samples(net, samples, seed, resolution=resolution)
+    rounds = measure_rounds(net, archs, profiler, batch=int(device.get("batch", 1)), options=options,
+                            progress=progress, repeats=repeats)
+    measured = np.median(rounds, axis=0)
     predicted = table.predict_many(net, archs)
     sums = np.array([table.segment_sum(net, a)[0] for a in archs])
     stats = error_stats(predicted, measured)
     return {
         "samples": len(archs), **{k: v for k, v in stats.items() if k != "n"},
-        "sum_mape": error_stats(sums, measured)["mape"],
+        "sum_mape": error_stats(sums, measured)["mape"], "repeats": repeats, "repeatability": repeatability(rounds),
         "rows": [{"arch": a.to_dict(), "measured_ms": float(m), "predicted_ms": float(p), "sum_ms": float(s)}
                  for a, m, p, s in zip(archs, measured, predicted, sums, strict=True)],
     }

@@ -205,6 +205,8 @@ class RemoteProfiler(Profiler):
         last_reply: the agent's last answer to ``POST /profile`` (with ``model_sha256`` and ``cached``).
     """
 
+    caches = True
+
     def __init__(
         self,
         *,
@@ -250,10 +252,13 @@ class RemoteProfiler(Profiler):
         max_cv: float = 0.1,
         max_remeasure: int = 2,
         backend: str = "ort-cpu",
+        fresh: bool = False,
     ) -> LatencyResult:
         """Upload the ONNX file ``model`` and return the agent's measurement; see :meth:`Profiler.measure`.
 
-        ``backend`` is the profiler the agent runs (one of its ``info()["backends"]``).
+        ``backend`` is the profiler the agent runs (one of its ``info()["backends"]``). The agent answers a
+        model and settings it has measured before from its cache; ``fresh`` measures again (repeated
+        measurements of one model).
 
         Raises:
             ConfigError: bad settings or token, agent unreachable, or the file exceeds the agent's limit.
@@ -288,6 +293,8 @@ class RemoteProfiler(Profiler):
                     f"input_shape {input_shape!r} is invalid; pass positive ints without the batch dim"
                 )
             params["input_shape"] = ",".join(str(d) for d in shape)
+        if fresh:
+            params["fresh"] = 1
         size = path.stat().st_size
         info = self.info()
         limit = info["max_bytes"]

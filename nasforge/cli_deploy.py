@@ -52,6 +52,8 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     build.add_argument("--holdout", type=nonneg_int, default=10,
                        help="other subnets measured end to end to record the table's held-out error (default 10; "
                             "search refuses a table that cannot rank them)")
+    build.add_argument("--repeats", type=positive_int, default=2,
+                       help="interleaved measurements of each calibration and held-out subnet (default 2)")
     build.add_argument("--runs", type=positive_int, help="timed runs per segment (default 100)")
     build.add_argument("--seed", type=nonneg_int, default=0)
     build.set_defaults(func=_cmd_build_table)
@@ -60,6 +62,9 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     _source_and_device(validate)
     validate.add_argument("--table", type=Path, required=True, help="the table file")
     validate.add_argument("--samples", type=positive_int, default=30, help="random subnets to measure (default 30)")
+    validate.add_argument("--repeats", type=positive_int, default=3,
+                          help="interleaved measurements of each subnet; the median counts (default 3)")
+    validate.add_argument("--resolution", type=positive_int, help="validate on subnets of this resolution only")
     validate.add_argument("--seed", type=nonneg_int, default=12345)
     validate.add_argument("--json", action="store_true", help="print the report as JSON")
     validate.set_defaults(func=_cmd_validate_table)
@@ -146,7 +151,8 @@ def _cmd_build_table(args: argparse.Namespace) -> int:
           f"{device.threads} thread(s), batch {device.batch})", file=sys.stderr)
     table = build_latency_table(net, device.profiler(), device=device.to_dict(), batch=device.batch,
                                 threads=device.threads, runs=runs, warmup=min(device.warmup, runs),
-                                calibration=args.calibration, holdout=args.holdout, seed=args.seed,
+                                calibration=args.calibration, holdout=args.holdout, repeats=args.repeats,
+                                seed=args.seed,
                                 progress=_progress())
     table.save(out)
     corr = table.correction
@@ -172,11 +178,15 @@ def _cmd_validate_table(args: argparse.Namespace) -> int:
     table = LatencyTable.load(args.table)
     net = _load_net(args.source, args.options)
     report = validate_latency_table(table, net, device.profiler(), samples=args.samples, seed=args.seed,
-                                    progress=_progress())
+                                    repeats=args.repeats, resolution=args.resolution, progress=_progress())
     if args.json:
         print(json.dumps(report))
     else:
         print(f"{report['samples']} subnets on {device.name}: MAPE {report['mape']:.1%} (max {report['max_ape']:.1%}), "
               f"{report['within_10']:.0%} within 10%, Kendall tau {report['kendall_tau']:.3f}; uncorrected segment "
               f"sum MAPE {report['sum_mape']:.1%}")
+        rep = report["repeatability"]
+        if rep:
+            print(f"the measurement itself repeats to MAPE {rep['mape']:.1%}, Kendall tau {rep['kendall_tau']:.3f} "
+                  "(a second round against the first): no predictor can be judged more finely")
     return 0

@@ -69,10 +69,12 @@ def test_latency_table_commands(tmp_path: Path) -> None:
                   "--calibration", "5")
     assert res.returncode == 0, res.stderr[-2000:]
     assert "segments" in res.stdout and json.loads(table.read_text())["entries"]
-    res = run_cli("latency", "validate", "mbv3-small", *sets, "--table", str(table), "--samples", "4", "--json")
+    res = run_cli("latency", "validate", "mbv3-small", *sets, "--table", str(table), "--samples", "4", "--json",
+                  "--repeats", "2", "--resolution", "12")
     assert res.returncode == 0, res.stderr[-2000:]
     report = json.loads(res.stdout)
-    assert report["samples"] == 4 and report["mape"] >= 0
+    assert report["samples"] == 4 and report["mape"] >= 0 and report["repeatability"]["n"] == 4
+    assert {row["arch"]["r"] for row in report["rows"]} == {12}
     res = run_cli("latency", "validate", "mbv3-small", "--table", str(table), "--samples", "4")
     assert res.returncode == 2 and "another supernet" in res.stderr and "Traceback" not in res.stderr
     res = run_cli("latency", "build-table", "mbv3-small", "--device", "jetson")

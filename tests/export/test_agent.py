@@ -449,6 +449,9 @@ def test_remote_profiler_returns_the_agents_measurement(
     assert profiler.last_reply is not None and profiler.last_reply["cached"] is False
     again = profiler.measure(str(tiny_onnx), runs=20, warmup=2)
     assert again == result and profiler.last_reply["cached"] is True
+    # repeated measurements of one model (interleaved rounds) ask for a new one
+    profiler.measure(tiny_onnx, runs=20, warmup=2, fresh=True)
+    assert profiler.last_reply["cached"] is False and RemoteProfiler.caches
 
 
 def test_client_refuses_an_oversize_file_before_uploading(
