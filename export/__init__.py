@@ -31,7 +31,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from . import _gpu_profilers, _profilers, _remote  # noqa: F401  (register the backends; nothing heavy imported)
-from ._agent import AgentConfig, make_server
+from ._agent import AgentConfig, make_server, read_token_file, serve, write_token_file
 from ._latency import (
     LatencyResult,
     Profiler,
@@ -53,12 +53,13 @@ from ._latency_build import (
 from ._latency_table import (
     MAX_HOLDOUT_MAPE,
     MIN_HOLDOUT_TAU,
+    SEGMENT_RUNS,
     LatencyTable,
     error_stats,
     fingerprint_problems,
     supernet_signature,
 )
-from ._onnx_io import read_metadata
+from ._onnx_io import InputSpec, read_metadata, single_input_spec
 from ._parity import check_parity
 from ._remote import RemoteProfiler, agent_info
 from ._slim import slim_onnx
@@ -106,6 +107,12 @@ __all__ = [
     "graph_precision",
     "plan_build",
     "tensorrt_version",
+    "read_token_file",
+    "serve",
+    "write_token_file",
+    "InputSpec",
+    "single_input_spec",
+    "SEGMENT_RUNS",
 ]
 
 

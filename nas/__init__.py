@@ -19,11 +19,11 @@ when they keep dying).
 from __future__ import annotations
 
 from ._base import Evaluator, Progress, Searcher, get_searcher, list_searchers, register_searcher
-from ._nni import NNI_SAMPLERS, NniSearcher
+from ._nni import NNI_SAMPLERS, NniSearcher, nni_strategy
 from ._objectives import Constraint, Objective, parse_constraint, parse_objective
-from ._optuna import OPTUNA_SAMPLERS, OptunaSearcher
+from ._optuna import OPTUNA_SAMPLERS, OptunaSearcher, collect_result
 from ._pareto import hypervolume_2d, pareto_front
-from ._plot import plot_pareto
+from ._plot import PlotSeries, plot_pareto
 from ._predictor_loop import PredictorLoopSearcher
 from ._predictors import (
     AccuracyPredictor,
@@ -38,7 +38,7 @@ from ._predictors import (
 )
 from ._result import SearchResult, TrialRecord
 from ._search import SUBNET_METRICS, check_search_settings, run_search
-from ._storage import journal_storage_url
+from ._storage import describe_storage, journal_storage_url, redact_storage, resolve_storage
 from ._supervisor import SearchWorkerError, SupervisorReport, supervise_workers
 from ._table_predictor import TableLatencyPredictor
 
@@ -80,4 +80,10 @@ __all__ = [
     "register_searcher",
     "run_search",
     "supervise_workers",
+    "PlotSeries",
+    "nni_strategy",
+    "redact_storage",
+    "resolve_storage",
+    "describe_storage",
+    "collect_result",
 ]

@@ -62,7 +62,7 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from nasforge.export._agent import AgentConfig, read_token_file, serve
+    from nasforge.export import AgentConfig, read_token_file, serve
 
     config = AgentConfig(token=read_token_file(args.token_file), host=args.host, port=args.port,
                          allow_remote=args.allow_remote, max_bytes=max(1, int(args.max_mb * _MIB)),
@@ -72,7 +72,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_token(args: argparse.Namespace) -> int:
-    from nasforge.export._agent import write_token_file
+    from nasforge.export import write_token_file
 
     path = write_token_file(args.out, overwrite=args.force)
     print(f"wrote a new token to {path} (mode 600); copy it to the client, then: nasforge agent serve "

@@ -50,7 +50,7 @@ def _usage(parser: argparse.ArgumentParser) -> int:
 
 
 def _cmd_pack(args: argparse.Namespace) -> int:
-    from nasforge.data._shards import pack_shards
+    from nasforge.data import pack_shards
     from nasforge.progress import ProgressReporter
 
     reporter = ProgressReporter(enabled=not args.quiet)

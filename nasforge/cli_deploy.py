@@ -140,8 +140,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _cmd_build_table(args: argparse.Namespace) -> int:
     from nasforge.devices import get_device
-    from nasforge.export import build_latency_table
-    from nasforge.export._latency_table import SEGMENT_RUNS
+    from nasforge.export import SEGMENT_RUNS, build_latency_table
 
     device = get_device(args.device, args.devices)
     net = _load_net(args.source, args.options)

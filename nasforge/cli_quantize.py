@@ -67,7 +67,7 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
 
 def _image_size(proto: Any, model: Path) -> int | None:
     """The square image side of an image model's input (the data is loaded at it), else None."""
-    from nasforge.export._onnx_io import single_input_spec
+    from nasforge.export import single_input_spec
 
     dims = single_input_spec(proto, model).dims
     return dims[-1] if len(dims) == 4 and isinstance(dims[-1], int) and dims[-1] == dims[-2] else None
@@ -91,8 +91,7 @@ def infer_qat_source(model: Path) -> str:
 
 def _cmd_quantize(args: argparse.Namespace) -> int:
     from nasforge.data import load_data
-    from nasforge.quantize import QuantConfig, quantize
-    from nasforge.quantize._ort import ensure_onnx_path
+    from nasforge.quantize import QuantConfig, ensure_onnx_path, quantize
 
     say = (lambda s: None) if args.json else (lambda s: print(s, file=sys.stderr))
     if args.engine is not None and args.target != "tensorrt":

@@ -214,11 +214,11 @@ def _export_locked(source: str | Path, out: Path, *, arch: str | Architecture | 
                               max_abs_diff=result.max_abs_diff, parity_inputs=result.parity_inputs,
                               real_inputs=len(checks), dynamic_batch=dynamic_batch)
     if slim:
-        from nasforge.export._slim import slim_onnx
+        from nasforge.export import slim_onnx
 
         exported.slimmed = slim_onnx(out, [c.numpy() for c in checks], atol=atol)
     if fmt == "tensorrt":
-        from nasforge.export._tensorrt import TrtBuildConfig, build_engine
+        from nasforge.export import TrtBuildConfig, build_engine
 
         info = build_engine(out, out.with_suffix(".engine"), TrtBuildConfig())
         exported.engine = info.to_dict()

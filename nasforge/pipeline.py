@@ -368,9 +368,15 @@ def _compress_one(cfg: RunConfig, net: Supernet, data: DataSplits, folder: Path,
     result: dict[str, Any] = {}
     source = folder / "model.onnx"
     if c.prune is not None:
-        from nasforge.prune import make_loss_fn, parse_target, prune, save_pruned, train_classifier
-        from nasforge.prune._criteria import get_criterion
-        from nasforge.prune._latency import device_latency
+        from nasforge.prune import (
+            device_latency,
+            get_criterion,
+            make_loss_fn,
+            parse_target,
+            prune,
+            save_pruned,
+            train_classifier,
+        )
 
         train = Split(resize(data.train.x, r), data.train.y)
         shape = tuple(net.input_shape(arch))

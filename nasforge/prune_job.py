@@ -180,8 +180,7 @@ def run_prune_job(job: PruneJob, log: Callable[[str], None] = print) -> dict[str
     ``job.out`` is locked for the whole job (:func:`nasforge.runlock.run_lock`): a second ``nasforge prune`` into
     the same folder fails with a ConfigError that names this one.
     """
-    from nasforge.prune import parse_target
-    from nasforge.prune._criteria import get_criterion
+    from nasforge.prune import get_criterion, parse_target
 
     parse_target(job.target)  # fail before any loading or training
     if job.criterion != "gmn":
@@ -191,8 +190,7 @@ def run_prune_job(job: PruneJob, log: Callable[[str], None] = print) -> dict[str
 
 
 def _run_locked(job: PruneJob, log: Callable[[str], None]) -> dict[str, Any]:
-    from nasforge.prune import evaluate_accuracy, make_loss_fn, prune, train_classifier
-    from nasforge.prune._criteria import get_criterion
+    from nasforge.prune import evaluate_accuracy, get_criterion, make_loss_fn, prune, train_classifier
 
     src = resolve_prune_source(job.source, arch=job.arch, data=job.data, weights=job.weights, seed=job.seed)
     data = src.data
@@ -351,8 +349,7 @@ def trained_family(model: str, data: DataSplits, count: int, epochs: int, workdi
 
 def run_meta_train_job(job: MetaTrainJob, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train the family, meta-train the metanetwork, choose its checkpoint on the validation network, save it."""
-    from nasforge.prune import parse_target
-    from nasforge.prune._gmn import MetaTrainConfig, meta_train, save_metanet
+    from nasforge.prune import MetaTrainConfig, meta_train, parse_target, save_metanet
 
     parse_target(job.target)
     if job.networks < 1 or job.meta_steps < 1:

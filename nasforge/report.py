@@ -13,8 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from nasforge._version import __version__
 from nasforge.io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from nasforge.nas import pareto_front, plot_pareto
-from nasforge.nas._plot import PlotSeries
+from nasforge.nas import PlotSeries, pareto_front, plot_pareto
 
 if TYPE_CHECKING:
     from nasforge.config import RunConfig

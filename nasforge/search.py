@@ -31,15 +31,18 @@ from nasforge.errors import ConfigError
 from nasforge.io import atomic_write_json, atomic_write_text
 from nasforge.nas import (
     SearchResult,
+    SearchWorkerError,
+    SupervisorReport,
     check_search_settings,
     hypervolume_2d,
+    nni_strategy,
     parse_objective,
     plot_pareto,
+    redact_storage,
+    resolve_storage,
     run_search,
+    supervise_workers,
 )
-from nasforge.nas._nni import nni_strategy
-from nasforge.nas._storage import redact_storage, resolve_storage
-from nasforge.nas._supervisor import SearchWorkerError, SupervisorReport, supervise_workers
 from nasforge.runlock import run_lock
 from nasforge.supernets import Architecture, Supernet
 from nasforge.supernets.checkpoint import load_supernet
@@ -375,9 +378,7 @@ def _collect(job: SearchJob) -> SearchResult:
     """The study's trials and front, read back from the storage after the workers finished."""
     import optuna
 
-    from nasforge.nas import parse_constraint
-    from nasforge.nas._optuna import collect_result
-    from nasforge.nas._storage import describe_storage
+    from nasforge.nas import collect_result, describe_storage, parse_constraint
 
     study = optuna.load_study(study_name=job.study, storage=resolve_storage(job.storage_url))
     return collect_result(study, tuple(parse_objective(o) for o in job.objectives),

@@ -225,7 +225,7 @@ def _loader_text(splits: DataSplits, loading: LoaderOptions) -> str:
     """``", 4 loader workers, simplejpeg"`` for streamed data, nothing for in-memory data."""
     if not isinstance(splits.train, FileSplit):
         return ""
-    from nasforge.data._augment import decoder_name
+    from nasforge.data import decoder_name
 
     return f", {loading.num_workers} loader worker(s), {decoder_name()}"
 

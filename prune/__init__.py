@@ -20,7 +20,9 @@ from ._api import PruneReport, layer_widths, prune
 from ._criteria import Criterion, get_criterion, list_criteria, register_criterion
 from ._engine import PruneError, find_unsupported, output_layers, replay_history
 from ._finetune import evaluate_accuracy, make_loss_fn, train_classifier
+from ._gmn import MetaTrainConfig, meta_train, save_metanet
 from ._io import PRUNED_FORMAT, build_base, load_pruned, read_pruned, save_pruned
+from ._latency import device_latency
 from ._target import Target, model_macs, model_params, parse_target
 from ._zoo import create_model, list_models, register_model
 
@@ -51,4 +53,8 @@ __all__ = [
     "train_classifier",
     "evaluate_accuracy",
     "make_loss_fn",
+    "MetaTrainConfig",
+    "meta_train",
+    "save_metanet",
+    "device_latency",
 ]

@@ -26,7 +26,7 @@ from ._capabilities import RangeDecision, choose_reduce_range, device_fingerprin
 from ._checks import OutputCheck, check_outputs, relative_l2, run_onnx
 from ._config import CALIBRATIONS, METHODS, TARGETS, QuantConfig
 from ._inputs import fit_inputs
-from ._ort import linear_mac_share, quantize_onnx
+from ._ort import ensure_onnx_path, linear_mac_share, quantize_onnx
 from ._trt import tensorrt_plans, tensorrt_qdq_problems
 
 if TYPE_CHECKING:
@@ -60,6 +60,7 @@ __all__ = [
     "strip_qat",
     "tensorrt_plans",
     "tensorrt_qdq_problems",
+    "ensure_onnx_path",
 ]
 
 

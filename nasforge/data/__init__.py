@@ -28,7 +28,7 @@ from __future__ import annotations
 
 # Importing these modules registers the built-in datasets (a dict insert each; no data is read).
 from nasforge.data import _cifar, _digits, _folders, _shapes, _shards  # noqa: F401
-from nasforge.data._augment import IMAGENET_MEAN, IMAGENET_STD, AugmentRecipe, BadImageError
+from nasforge.data._augment import IMAGENET_MEAN, IMAGENET_STD, AugmentRecipe, BadImageError, decoder_name
 from nasforge.data._order import EpochPlan, StreamStats
 from nasforge.data._pipeline import check_spec, load_data
 from nasforge.data._registry import DatasetRequest, RawDataset, list_datasets, register_dataset
@@ -61,4 +61,5 @@ __all__ = [
     "parse_spec",
     "DatasetRequest",
     "RawDataset",
+    "decoder_name",
 ]
