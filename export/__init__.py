@@ -8,7 +8,9 @@ Export: :func:`export_onnx` writes one self-contained ONNX file after checking i
 onnxruntime (:func:`check_parity`); :func:`read_metadata` reads back what it recorded.
 
 Latency: every backend is a :class:`Profiler` registered under a name (:func:`register_profiler`,
-:func:`list_profilers`, :func:`get_profiler`); :func:`measure_latency` is the one-call entry point.
+:func:`list_profilers`, :func:`get_profiler`); :func:`measure_latency` is the one-call entry point. The base
+class runs the measurement protocol; a backend declares its :class:`ModelKind` and implements
+:meth:`Profiler.prepare`, returning a :class:`PreparedRun` for the :class:`MeasureSettings` of a call.
 Built-in backends: ``ort-cpu`` (an ONNX file in onnxruntime), ``torch-cpu`` (an ``nn.Module`` in PyTorch),
 ``remote`` (:class:`RemoteProfiler`: an ONNX file sent to a board running the profiling agent) and, on NVIDIA
 GPUs, ``ort-cuda``, ``ort-tensorrt``, ``torch-cuda`` and ``tensorrt`` (engines from :func:`build_engine`, for
@@ -34,6 +36,9 @@ from . import _gpu_profilers, _profilers, _remote  # noqa: F401  (register the b
 from ._agent import AgentConfig, make_server, read_token_file, serve, write_token_file
 from ._latency import (
     LatencyResult,
+    MeasureSettings,
+    ModelKind,
+    PreparedRun,
     Profiler,
     check_measure_args,
     environment_fingerprint,
@@ -79,6 +84,9 @@ __all__ = [
     "read_metadata",
     "LatencyResult",
     "Profiler",
+    "ModelKind",
+    "MeasureSettings",
+    "PreparedRun",
     "register_profiler",
     "list_profilers",
     "get_profiler",

@@ -1,33 +1,42 @@
-"""Latency measurement: Profiler interface, registry, timing protocol and environment fingerprint.
+"""Latency measurement: the Profiler base, its registry and the timing protocol.
 
-Protocol (every local backend follows it): ``warmup`` untimed runs, then ``runs`` runs timed one by one with
-``time.perf_counter_ns``; if the coefficient of variation (std / mean) exceeds ``max_cv`` the ``runs`` are
-timed again, up to ``max_remeasure`` more times, and the round with the lowest CV is kept.
+The protocol, written once here and followed by every local backend: :meth:`Profiler.measure` checks the
+settings and the model's kind, asks the backend to :meth:`~Profiler.prepare` (load the model, make a seeded
+random input, set threads), then :func:`timed_runs` does ``warmup`` untimed runs and ``runs`` runs timed one
+by one (with ``time.perf_counter_ns``, or by the run itself, e.g. CUDA events); if the coefficient of
+variation (std / mean) exceeds ``max_cv`` the ``runs`` are timed again, up to ``max_remeasure`` more times,
+and the round with the lowest CV is kept and summarised in a :class:`LatencyResult` with the machine's
+:func:`environment_fingerprint`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib.metadata
-import os
-import platform
+import enum
 import time
-from abc import ABC, abstractmethod
+from abc import ABC
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import numpy as np
 
-from nasforge.errors import ConfigError
+from nasforge.errors import ConfigError, ExportError
 from nasforge.registry import Registry
+
+from ._fingerprint import environment_fingerprint
+from ._onnx_io import first_line
 
 if TYPE_CHECKING:
     import torch
 
 __all__ = [
     "LatencyResult",
+    "MeasureSettings",
+    "ModelKind",
+    "PreparedRun",
     "Profiler",
     "check_measure_args",
     "environment_fingerprint",
@@ -35,39 +44,12 @@ __all__ = [
     "list_profilers",
     "measure_latency",
     "register_profiler",
+    "sample_shape",
     "timed_runs",
 ]
 
 _P = TypeVar("_P", bound="type[Profiler]")
 _PROFILERS: Registry[type[Profiler]] = Registry("latency backend")
-_VERSIONED = ("numpy", "torch", "onnxruntime", "onnx")
-# CPU features that change which kernels ORT / PyTorch pick (x86 from "flags", Arm from "Features").
-_CPU_FLAGS = frozenset(
-    {
-        "sse4_1",
-        "sse4_2",
-        "avx",
-        "avx2",
-        "fma",
-        "f16c",
-        "avx_vnni",
-        "avx_vnni_int8",
-        "neon",
-        "asimd",
-        "asimdhp",
-        "asimddp",
-        "asimdfhm",
-        "sve",
-        "sve2",
-        "i8mm",
-        "bf16",
-        "sme",
-        "fphp",
-    }
-)
-_CPU_FLAG_PREFIXES = ("avx512", "amx")
-
-
 @dataclass(frozen=True)
 class LatencyResult:
     """Latency of one model on one backend: per-run statistics in milliseconds.
@@ -136,21 +118,84 @@ def _cv(samples: np.ndarray) -> float:
     return float(samples.std() / mean) if mean > 0 else 0.0
 
 
+class ModelKind(enum.Enum):
+    """What a backend's :meth:`Profiler.measure` takes as ``model`` (the value is how messages name it)."""
+
+    ONNX = "an .onnx file"
+    MODULE = "an nn.Module"
+    ENGINE_OR_ONNX = "an engine or .onnx file"
+
+    def accepts(self, model: object) -> bool:
+        """Whether ``model`` is of this kind (imports torch only for :attr:`MODULE`)."""
+        if self is ModelKind.MODULE:
+            if isinstance(model, (str, Path)):  # refused without importing torch
+                return False
+            import torch
+
+            return isinstance(model, torch.nn.Module)
+        return isinstance(model, (str, Path))
+
+
+@dataclass(frozen=True)
+class MeasureSettings:
+    """The checked settings of one :meth:`Profiler.measure` call (``input_shape`` without the batch dim)."""
+
+    input_shape: tuple[int, ...] | None
+    batch: int
+    runs: int
+    warmup: int
+    threads: int
+    max_cv: float
+    max_remeasure: int
+
+
+@dataclass(frozen=True)
+class PreparedRun:
+    """What a backend's :meth:`Profiler.prepare` hands to the protocol.
+
+    Attributes:
+        run_once: one inference, blocking until it is done (or, ``self_timed``, returning its duration in ns).
+        self_timed: ``run_once`` times itself (e.g. with CUDA events) instead of being timed with the host clock.
+        fingerprint: called after the timing; ``None``: :func:`environment_fingerprint` of the threads.
+        errors: exception types of the runtime that become an :class:`ExportError` reading
+            ``"<error_message>: <first line of the error>"``.
+        error_message: the start of that message, e.g. ``"onnxruntime failed to run 'm.onnx'"``.
+    """
+
+    run_once: Callable[[], object]
+    self_timed: bool = False
+    fingerprint: Callable[[], dict[str, Any]] | None = None
+    errors: tuple[type[BaseException], ...] = ()
+    error_message: str = ""
+
+
 class Profiler(ABC):
-    """A latency backend (``ort-cpu``, ``torch-cpu``; later GPU, TensorRT or a remote board).
+    """A latency backend (``ort-cpu``, ``torch-cpu``, the GPU backends, or a remote board).
 
     Subclasses are registered with :func:`register_profiler`, which sets ``name``; their constructor takes
-    only keyword options of the backend (none for the built-ins). Call order: construct (cheap, no model
-    loaded), then :meth:`measure` any number of times; each call is independent and restores any global
-    setting (thread counts, module modes) it changed. Local backends follow the protocol of
-    :func:`timed_runs` and summarise with :meth:`LatencyResult.from_samples`.
+    only keyword options of the backend (none needed by the built-ins). Call order: construct (cheap, no
+    model loaded), then :meth:`measure` any number of times; each call is independent and restores any global
+    setting (thread counts, module modes) it changed.
+
+    The measurement protocol lives here, once. :meth:`measure` checks the settings
+    (:func:`check_measure_args`), the kind of ``model`` (:attr:`model_kind`, with :attr:`model_hint` in the
+    message) and ``input_shape`` (required when :attr:`needs_input_shape`); then it enters the backend's
+    :meth:`prepare` (load the model, make the input, set threads), runs :func:`timed_runs` on what it returns
+    (``warmup`` untimed runs, ``runs`` timed runs, re-measured while the CV exceeds ``max_cv``), and summarises
+    with :meth:`LatencyResult.from_samples`. A backend only says how to prepare and run once; one that
+    measures elsewhere (``remote``) overrides :meth:`_measure_checked` instead.
     """
 
     name: ClassVar[str]
     #: whether the profiler may answer a repeated measurement from a cache (then ``measure`` takes ``fresh=True``)
     caches: ClassVar[bool] = False
+    #: what ``measure`` takes as ``model`` (``None``: anything; the backend checks it)
+    model_kind: ClassVar[ModelKind | None] = None
+    #: what to do instead, for the wrong-kind message, e.g. ``"use backend='ort-cpu' for .onnx files"``
+    model_hint: ClassVar[str] = ""
+    #: ``measure`` refuses ``input_shape=None``
+    needs_input_shape: ClassVar[bool] = False
 
-    @abstractmethod
     def measure(
         self,
         model: str | Path | torch.nn.Module,
@@ -166,8 +211,8 @@ class Profiler(ABC):
         """Measure the latency of one inference on a random input.
 
         Args:
-            model: what the backend runs: a path to an ``.onnx`` file (ONNX backends) or an ``nn.Module``
-                (PyTorch backends).
+            model: what the backend runs: a path to an ``.onnx`` file (ONNX backends), an engine file
+                (``tensorrt``) or an ``nn.Module`` (PyTorch backends).
             input_shape: shape of one sample *without* the batch dim, e.g. ``(3, 224, 224)``; required by
                 PyTorch backends, optional for ONNX ones (the graph's shape is used; if given it must match).
             batch: batch size of the timed input.
@@ -184,6 +229,81 @@ class Profiler(ABC):
             ConfigError: an argument is out of range or the model is of the wrong kind for the backend.
             ExportError: an ONNX file is missing, invalid or cannot run at ``batch``.
         """
+        settings = self._check(
+            model, input_shape=input_shape, batch=batch, runs=runs, warmup=warmup, threads=threads,
+            max_cv=max_cv, max_remeasure=max_remeasure,
+        )
+        return self._measure_checked(model, settings)
+
+    def _check(
+        self, model: object, *, input_shape: Sequence[int] | None, batch: int, runs: int, warmup: int,
+        threads: int, max_cv: float, max_remeasure: int,
+    ) -> MeasureSettings:
+        """The checks :meth:`measure` makes before any work: settings, model kind, ``input_shape``."""
+        check_measure_args(
+            batch=batch, runs=runs, warmup=warmup, threads=threads, max_cv=max_cv, max_remeasure=max_remeasure
+        )
+        kind = self.model_kind
+        if kind is not None and not kind.accepts(model):
+            raise ConfigError(
+                f"{self._subject()} measures {kind.value}, got {type(model).__name__}; {self.model_hint}"
+            )
+        shape = sample_shape(input_shape)
+        if shape is None and self.needs_input_shape:
+            raise ConfigError(f"{self.name} needs input_shape, the shape of one sample without the batch dim")
+        return MeasureSettings(shape, batch, runs, warmup, threads, max_cv, max_remeasure)
+
+    def _subject(self) -> str:
+        """How messages name this backend."""
+        return self.name
+
+    def _measure_checked(self, model: Any, settings: MeasureSettings) -> LatencyResult:
+        """Run the protocol on what :meth:`prepare` returns (``model`` and ``settings`` are checked)."""
+        with self.prepare(model, settings) as prepared:
+            try:
+                samples, remeasured = timed_runs(
+                    prepared.run_once,
+                    runs=settings.runs,
+                    warmup=settings.warmup,
+                    max_cv=settings.max_cv,
+                    max_remeasure=settings.max_remeasure,
+                    self_timed=prepared.self_timed,
+                )
+            except prepared.errors as err:
+                raise ExportError(f"{prepared.error_message}: {first_line(err)}") from err
+        fingerprint = prepared.fingerprint() if prepared.fingerprint else environment_fingerprint(settings.threads)
+        return LatencyResult.from_samples(
+            self.name,
+            samples,
+            batch=settings.batch,
+            warmup=settings.warmup,
+            remeasured=remeasured,
+            threads=settings.threads,
+            fingerprint=fingerprint,
+        )
+
+    def prepare(self, model: Any, settings: MeasureSettings) -> AbstractContextManager[PreparedRun]:
+        """Get ready to run ``model`` once per call: load it, make the input, set the threads.
+
+        Returns:
+            A context manager whose value is a :class:`PreparedRun`; the protocol runs inside it, and its exit
+            frees the model and restores what was changed.
+        """
+        raise NotImplementedError(f"{type(self).__name__} implements neither prepare() nor measure()")
+
+
+def sample_shape(input_shape: Sequence[int] | None) -> tuple[int, ...] | None:
+    """Validate a per-sample shape (no batch dim).
+
+    Raises:
+        ConfigError: not a sequence of positive ints.
+    """
+    if input_shape is None:
+        return None
+    shape = tuple(input_shape)
+    if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape):
+        raise ConfigError(f"input_shape {input_shape!r} is invalid; pass positive ints without the batch dim")
+    return shape
 
 
 def check_measure_args(
@@ -282,54 +402,3 @@ def measure_latency(
 ) -> LatencyResult:
     """Measure ``model`` with the profiler named ``backend``; ``kwargs`` go to :meth:`Profiler.measure`."""
     return get_profiler(backend).measure(model, **kwargs)
-
-
-def _read_cpuinfo() -> dict[str, str]:
-    """Key/value pairs of the first processor block of /proc/cpuinfo, plus Arm's trailing "Hardware" line."""
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return {}
-    info: dict[str, str] = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition(":")
-        if sep and key.strip() not in info:
-            info[key.strip()] = value.strip()
-    return info
-
-
-def _cpu(info: dict[str, str]) -> dict[str, Any]:
-    """CPU model and the kernel-relevant feature flags."""
-    model = info.get("model name") or info.get("Hardware") or info.get("Processor") or info.get("CPU part")
-    flags = (info.get("flags") or info.get("Features") or "").split()
-    relevant = sorted(f for f in set(flags) if f in _CPU_FLAGS or f.startswith(_CPU_FLAG_PREFIXES))
-    return {
-        "model": model or platform.processor() or platform.machine() or "unknown",
-        "flags": relevant,
-        "logical_cores": os.cpu_count(),
-    }
-
-
-def _version(package: str) -> str | None:
-    """Installed version of ``package`` (``None`` if absent)."""
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def environment_fingerprint(threads: int) -> dict[str, Any]:
-    """Describe what a latency number depends on besides the model.
-
-    Returns:
-        ``{"cpu": {"model", "flags", "logical_cores"}, "machine", "os", "python", "versions": {numpy, torch,
-        onnxruntime, onnx}, "threads"}``; CPU data comes from /proc/cpuinfo where present, else ``platform``.
-    """
-    return {
-        "cpu": _cpu(_read_cpuinfo()),
-        "machine": platform.machine(),
-        "os": platform.platform(),
-        "python": platform.python_version(),
-        "versions": {name: _version(name) for name in _VERSIONED},
-        "threads": threads,
-    }

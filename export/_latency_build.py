@@ -165,11 +165,45 @@ def build_latency_table(
     """
     from ._latency import environment_fingerprint
 
-    for name, value, low in (("batch", batch, 1), ("threads", threads, 1), ("runs", runs, 1), ("warmup", warmup, 0),
-                             ("calibration", calibration, 0), ("holdout", holdout, 0),
-                             ("extra_samples", extra_samples, 0)):
+    _check_table_args(net, batch=batch, threads=threads, runs=runs, warmup=warmup, calibration=calibration,
+                      holdout=holdout, extra_samples=extra_samples)
+    net.eval()
+    options = {"runs": runs, "warmup": warmup, "threads": threads}
+    table = LatencyTable(space=net.space.name, signature=supernet_signature(net),
+                         device={**dict(device or {}), "batch": batch, "threads": threads, "runs": runs,
+                                 "profiler": getattr(profiler, "name", type(profiler).__name__)},
+                         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    _measure_segments(table, net, _covering(net, extra_samples, seed), profiler, batch, options, progress)
+    archs = _distinct_samples(net, calibration + holdout, seed + 1)
+    _fit_and_hold_out(table, net, archs[:calibration], archs[calibration:], profiler,
+                      {"batch": batch, "options": options, "progress": progress, "repeats": repeats})
+    table.fingerprint = table.fingerprint or environment_fingerprint(threads)
+    return table
+
+
+def _fit_and_hold_out(table: LatencyTable, net: Supernet, fit: Sequence[Architecture], held: Sequence[Architecture],
+                      profiler: Profiler, settings: dict[str, Any]) -> None:
+    """Fit the table's end-to-end correction on ``fit`` and record its error on ``held`` (either may be empty);
+    ``settings`` are :func:`measure_subnets`'s keyword arguments."""
+    if fit:
+        table.fit_correction(net, fit, measure_subnets(net, fit, profiler, **settings))
+    if held:
+        measured = measure_subnets(net, held, profiler, phase="held-out", **settings)
+        table.holdout = error_stats(table.predict_many(net, held), np.asarray(measured))
+
+
+def _check_table_args(net: Supernet, **settings: int) -> None:
+    """Refuse settings out of range, too few subnets to fit or to rank, or a family without segments.
+
+    Raises:
+        ConfigError: the message names the setting (or the family's limitation) and the fix.
+    """
+    lows = {"batch": 1, "threads": 1, "runs": 1, "warmup": 0, "calibration": 0, "holdout": 0, "extra_samples": 0}
+    for name, low in lows.items():
+        value = settings[name]
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ConfigError(f"{name}={value!r} must be an integer >= {low}")
+    calibration, holdout = settings["calibration"], settings["holdout"]
     if 0 < calibration < 3:
         raise ConfigError(f"calibration={calibration} is too few subnets to fit the correction; use 0 or >= 3")
     if 0 < holdout < 3:
@@ -178,15 +212,13 @@ def build_latency_table(
         net.latency_segments(net.space.largest())
     except NotImplementedError as exc:
         raise ConfigError(f"{exc}; predict latency from MACs (`macs` latency predictor) or measure end to end") from None
-    net.eval()
-    options = {"runs": runs, "warmup": warmup, "threads": threads}
-    table = LatencyTable(space=net.space.name, signature=supernet_signature(net),
-                         device={**dict(device or {}), "batch": batch, "threads": threads, "runs": runs,
-                                 "profiler": getattr(profiler, "name", type(profiler).__name__)},
-                         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    # which architecture supplies each distinct segment
-    todo: dict[str, tuple[Architecture, int, tuple[int, ...]]] = {}
-    for arch in _covering(net, extra_samples, seed):
+
+
+def _measure_segments(table: LatencyTable, net: Supernet, covering: Iterable[Architecture], profiler: Profiler,
+                      batch: int, options: Mapping[str, Any], progress: Progress | None) -> None:
+    """Time every distinct segment of the ``covering`` architectures once, into ``table.entries``."""
+    todo: dict[str, tuple[Architecture, int, tuple[int, ...]]] = {}  # which architecture supplies each segment
+    for arch in covering:
         for index, (key, shape) in enumerate(net.latency_segments(arch)):
             todo.setdefault(key, (arch, index, tuple(shape)))
     by_arch: dict[Architecture, list[tuple[str, int, tuple[int, ...]]]] = {}
@@ -205,18 +237,6 @@ def build_latency_table(
                 done += 1
                 if progress is not None:
                     progress("segments", done, len(todo))
-    archs = _distinct_samples(net, calibration + holdout, seed + 1)
-    fit, held = archs[:calibration], archs[calibration:]
-    if fit:
-        measured = measure_subnets(net, fit, profiler, batch=batch, options=options, progress=progress,
-                                   repeats=repeats)
-        table.fit_correction(net, fit, measured)
-    if held:
-        measured = measure_subnets(net, held, profiler, batch=batch, options=options, progress=progress,
-                                   phase="held-out", repeats=repeats)
-        table.holdout = error_stats(table.predict_many(net, held), np.asarray(measured))
-    table.fingerprint = table.fingerprint or environment_fingerprint(threads)
-    return table
 
 
 def validate_latency_table(

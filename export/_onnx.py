@@ -126,34 +126,55 @@ def export_onnx(
     """
     path = Path(path)
     _check_export_args(example_input, check_inputs, opset, atol, exporter, dynamic_batch, metadata)
-    if exporter == "dynamo" and importlib.util.find_spec("onnxscript") is None:
-        raise MissingDependencyError(
-            "exporter='dynamo' needs onnxscript: pip install onnxscript (or use exporter='torchscript')"
-        )
     props = _metadata_props(metadata, example_input, input_name, output_name, dynamic_batch, exporter)
     inputs = _parity_inputs(example_input, check_inputs, dynamic_batch)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(path.parent)  # folders left by exports that were killed (never a live one's)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=temp_prefix(path.name), suffix=".export", dir=path.parent))
-    try:
-        names = (input_name, output_name)
+    with _temp_dir(path) as tmp_dir:
         proto = _export_to_proto(
-            model, example_input, tmp_dir / path.name, opset, dynamic_batch, exporter, names
+            model, example_input, tmp_dir / path.name, opset, dynamic_batch, exporter, (input_name, output_name)
         )
         proto.metadata_props.extend(_props(props))
-        data = _serialize(proto)
-        diff = session_parity(model, open_session(data), inputs)
-        if not diff <= atol:
-            raise ExportError(
-                f"ONNX output differs from PyTorch by {diff:.3g} (max abs diff) > atol {atol:g} over "
-                f"{len(inputs)} inputs; '{path}' was not written. Check for data-dependent control flow "
-                f"or train-only behaviour, try exporter='{_other(exporter)}', or raise atol"
-            )
-        atomic_write_bytes(path, data)
+        diff = _write_if_parity(model, proto, inputs, path, atol, exporter)
+    return ExportResult(path, _opset_of(proto), diff, len(inputs), tuple(example_input.shape), dynamic_batch, exporter)
+
+
+@contextlib.contextmanager
+def _temp_dir(path: Path) -> Iterator[Path]:
+    """A scratch folder next to ``path``, named after this process, removed on exit."""
+    tmp_dir = Path(tempfile.mkdtemp(prefix=temp_prefix(path.name), suffix=".export", dir=path.parent))
+    try:
+        yield tmp_dir
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
-    shape = tuple(example_input.shape)
-    return ExportResult(path, _opset_of(proto), diff, len(inputs), shape, dynamic_batch, exporter)
+
+
+def _write_if_parity(
+    model: torch.nn.Module,
+    proto: onnx.ModelProto,
+    inputs: Sequence[torch.Tensor],
+    path: Path,
+    atol: float,
+    exporter: str,
+) -> float:
+    """Write ``proto`` atomically to ``path`` if onnxruntime reproduces ``model`` within ``atol``.
+
+    Returns:
+        The largest absolute output difference over ``inputs``.
+
+    Raises:
+        ExportError: the difference exceeds ``atol`` (``path`` is not written).
+    """
+    data = _serialize(proto)
+    diff = session_parity(model, open_session(data), inputs)
+    if not diff <= atol:
+        raise ExportError(
+            f"ONNX output differs from PyTorch by {diff:.3g} (max abs diff) > atol {atol:g} over "
+            f"{len(inputs)} inputs; '{path}' was not written. Check for data-dependent control flow "
+            f"or train-only behaviour, try exporter='{_other(exporter)}', or raise atol"
+        )
+    atomic_write_bytes(path, data)
+    return diff
 
 
 def _other(exporter: str) -> str:
@@ -170,7 +191,7 @@ def _check_export_args(
     dynamic_batch: bool,
     metadata: Mapping[str, str] | None,
 ) -> None:
-    """Raise ConfigError on the first invalid export argument."""
+    """Raise ConfigError on the first invalid export argument (MissingDependencyError: dynamo, no onnxscript)."""
     import onnx
 
     if exporter not in EXPORTERS:
@@ -196,6 +217,10 @@ def _check_export_args(
             )
         if key in _RESERVED_METADATA:
             raise ConfigError(f"metadata key {key!r} is reserved by nasforge; rename it")
+    if exporter == "dynamo" and importlib.util.find_spec("onnxscript") is None:
+        raise MissingDependencyError(
+            "exporter='dynamo' needs onnxscript: pip install onnxscript (or use exporter='torchscript')"
+        )
 
 
 def _describe(x: object) -> str:

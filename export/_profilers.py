@@ -1,8 +1,13 @@
-"""Built-in latency backends: ``ort-cpu`` (an ONNX file in onnxruntime) and ``torch-cpu`` (an nn.Module)."""
+"""Built-in CPU latency backends: ``ort-cpu`` (an ONNX file in onnxruntime) and ``torch-cpu`` (an nn.Module).
+
+Each only prepares its model and says how to run it once; :class:`~nasforge.export.Profiler` runs the
+protocol. :func:`onnx_input_shape` and :func:`random_array` are shared with the GPU backends.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -10,15 +15,8 @@ import numpy as np
 
 from nasforge.errors import ConfigError, ExportError
 
-from ._latency import (
-    LatencyResult,
-    Profiler,
-    check_measure_args,
-    environment_fingerprint,
-    register_profiler,
-    timed_runs,
-)
-from ._onnx_io import InputSpec, first_line, load_onnx, open_session, ort_errors, single_input_spec
+from ._latency import MeasureSettings, ModelKind, PreparedRun, Profiler, register_profiler
+from ._onnx_io import InputSpec, load_onnx, open_session, ort_errors, single_input_spec
 from ._parity import eval_mode
 
 if TYPE_CHECKING:  # torch is imported only when torch-cpu measures, so ort-cpu runs where torch is absent
@@ -27,17 +25,7 @@ if TYPE_CHECKING:  # torch is imported only when torch-cpu measures, so ort-cpu 
 __all__ = ["OrtCpuProfiler", "TorchCpuProfiler"]
 
 
-def _sample_shape(input_shape: Sequence[int] | None) -> tuple[int, ...] | None:
-    """Validate a per-sample shape (no batch dim)."""
-    if input_shape is None:
-        return None
-    shape = tuple(input_shape)
-    if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape):
-        raise ConfigError(f"input_shape {input_shape!r} is invalid; pass positive ints without the batch dim")
-    return shape
-
-
-def _onnx_shape(
+def onnx_input_shape(
     spec: InputSpec, batch: int, input_shape: tuple[int, ...] | None, path: Path
 ) -> tuple[int, ...]:
     """The concrete input shape to time ``path`` with: dim 0 is ``batch``, the rest from the graph."""
@@ -69,67 +57,35 @@ def _onnx_shape(
     return (batch, *rest)  # type: ignore[return-value]
 
 
-def _random_array(shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray:
+def random_array(shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray:
     """A seeded random float input, or zeros for integer / bool inputs (always-valid indices)."""
     if np.issubdtype(dtype, np.floating):
         return np.random.default_rng(0).standard_normal(shape).astype(dtype)
     return np.zeros(shape, dtype=dtype)
 
 
-def _onnx_path(model: object, backend: str) -> Path:
-    """Check that ``model`` is a path to an ONNX file."""
-    if not isinstance(model, (str, Path)):
-        raise ConfigError(
-            f"{backend} measures an .onnx file, got {type(model).__name__}; export it with "
-            "nasforge.export.export_onnx or use backend='torch-cpu' for an nn.Module"
-        )
-    return Path(model)
-
-
 @register_profiler("ort-cpu")
 class OrtCpuProfiler(Profiler):
-    """onnxruntime on CPU: optimisation level ALL, ``threads`` intra-op threads, 1 inter-op, sequential."""
+    """onnxruntime on CPU: optimisation level ALL, ``threads`` intra-op threads, 1 inter-op, sequential.
 
-    def measure(
-        self,
-        model: str | Path | torch.nn.Module,
-        *,
-        input_shape: Sequence[int] | None = None,
-        batch: int = 1,
-        runs: int = 200,
-        warmup: int = 20,
-        threads: int = 1,
-        max_cv: float = 0.1,
-        max_remeasure: int = 2,
-    ) -> LatencyResult:
-        """Time ``session.run`` on the ONNX file ``model``; see :meth:`Profiler.measure`."""
-        check_measure_args(
-            batch=batch, runs=runs, warmup=warmup, threads=threads, max_cv=max_cv, max_remeasure=max_remeasure
-        )
-        path = _onnx_path(model, self.name)
+    Times ``session.run`` on the ONNX file ``model``; see :meth:`Profiler.measure`.
+    """
+
+    model_kind = ModelKind.ONNX
+    model_hint = "export it with nasforge.export.export_onnx or use backend='torch-cpu' for an nn.Module"
+
+    @contextmanager
+    def prepare(self, model: str | Path, settings: MeasureSettings) -> Iterator[PreparedRun]:
+        """Open an onnxruntime session on ``model`` and feed it a seeded random input."""
+        path = Path(model)
         spec = single_input_spec(load_onnx(path), path)
-        feed = {
-            spec.name: _random_array(_onnx_shape(spec, batch, _sample_shape(input_shape), path), spec.dtype)
-        }
-        session = open_session(path, threads=threads, optimization="all")
-        try:
-            samples, remeasured = timed_runs(
-                lambda: session.run(None, feed),
-                runs=runs,
-                warmup=warmup,
-                max_cv=max_cv,
-                max_remeasure=max_remeasure,
-            )
-        except ort_errors() as err:
-            raise ExportError(f"onnxruntime failed to run '{path}': {first_line(err)}") from err
-        return LatencyResult.from_samples(
-            self.name,
-            samples,
-            batch=batch,
-            warmup=warmup,
-            remeasured=remeasured,
-            threads=threads,
-            fingerprint=environment_fingerprint(threads),
+        shape = onnx_input_shape(spec, settings.batch, settings.input_shape, path)
+        feed = {spec.name: random_array(shape, spec.dtype)}
+        session = open_session(path, threads=settings.threads, optimization="all")
+        yield PreparedRun(
+            lambda: session.run(None, feed),
+            errors=ort_errors(),
+            error_message=f"onnxruntime failed to run '{path}'",
         )
 
 
@@ -150,54 +106,30 @@ def _module_dtype(model: torch.nn.Module, backend: str) -> torch.dtype:
 
 @register_profiler("torch-cpu")
 class TorchCpuProfiler(Profiler):
-    """PyTorch eager on CPU under ``torch.inference_mode()``, ``torch.set_num_threads(threads)``."""
+    """PyTorch eager on CPU under ``torch.inference_mode()``, ``torch.set_num_threads(threads)``.
 
-    def measure(
-        self,
-        model: str | Path | torch.nn.Module,
-        *,
-        input_shape: Sequence[int] | None = None,
-        batch: int = 1,
-        runs: int = 200,
-        warmup: int = 20,
-        threads: int = 1,
-        max_cv: float = 0.1,
-        max_remeasure: int = 2,
-    ) -> LatencyResult:
-        """Time ``model(x)``, ``x`` random of shape ``(batch, *input_shape)``; see :meth:`Profiler.measure`.
+    Times ``model(x)``, ``x`` random of shape ``(batch, *input_shape)``; see :meth:`Profiler.measure`. The
+    module runs in eval mode; its modes and the thread count are restored afterwards.
+    """
 
-        The module runs in eval mode; its modes and the thread count are restored afterwards.
-        """
+    model_kind = ModelKind.MODULE
+    model_hint = "use backend='ort-cpu' for .onnx files"
+    needs_input_shape = True
+
+    @contextmanager
+    def prepare(self, model: torch.nn.Module, settings: MeasureSettings) -> Iterator[PreparedRun]:
+        """Make the seeded input, set the threads, put the module in eval mode under inference mode."""
         import torch
 
-        check_measure_args(
-            batch=batch, runs=runs, warmup=warmup, threads=threads, max_cv=max_cv, max_remeasure=max_remeasure
-        )
-        if not isinstance(model, torch.nn.Module):
-            raise ConfigError(
-                f"{self.name} measures an nn.Module, got {type(model).__name__}; "
-                "use backend='ort-cpu' for .onnx files"
-            )
-        shape = _sample_shape(input_shape)
-        if shape is None:
-            raise ConfigError(f"{self.name} needs input_shape, the shape of one sample without the batch dim")
+        assert settings.input_shape is not None  # needs_input_shape
         gen = torch.Generator().manual_seed(0)
-        x = torch.randn((batch, *shape), generator=gen, dtype=_module_dtype(model, self.name))
+        x = torch.randn(
+            (settings.batch, *settings.input_shape), generator=gen, dtype=_module_dtype(model, self.name)
+        )
         previous = torch.get_num_threads()
-        torch.set_num_threads(threads)
+        torch.set_num_threads(settings.threads)
         try:
             with eval_mode(model), torch.inference_mode():
-                samples, remeasured = timed_runs(
-                    lambda: model(x), runs=runs, warmup=warmup, max_cv=max_cv, max_remeasure=max_remeasure
-                )
+                yield PreparedRun(lambda: model(x))
         finally:
             torch.set_num_threads(previous)
-        return LatencyResult.from_samples(
-            self.name,
-            samples,
-            batch=batch,
-            warmup=warmup,
-            remeasured=remeasured,
-            threads=threads,
-            fingerprint=environment_fingerprint(threads),
-        )

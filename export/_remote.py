@@ -3,8 +3,9 @@
 ``get_profiler("remote", url="http://127.0.0.1:8765", token_file="agent.token").measure("model.onnx")`` asks
 the agent (``nasforge agent serve``) for ``GET /info`` first, refuses locally (nothing uploaded) a file larger
 than the agent accepts or one that is not a self-contained ONNX model, then posts the file and returns the
-agent's :class:`LatencyResult` (its ``fingerprint`` describes the board that measured). HTTP failures become
-one-line :class:`ConfigError` / :class:`ExportError` messages that say what to do. Environment proxies are
+agent's :class:`LatencyResult` (its ``fingerprint`` describes the board that measured). The base
+:class:`Profiler` checks the settings and the model's kind; the agent runs the measurement protocol on the
+board. HTTP failures become one-line :class:`ConfigError` / :class:`ExportError` messages that say what to do. Environment proxies are
 ignored and redirects refused, so the token only ever goes to the URL given.
 """
 
@@ -24,7 +25,7 @@ from urllib.parse import urlencode, urlsplit
 from nasforge.errors import ConfigError, ExportError, NasforgeError
 
 from ._agent import check_self_contained_onnx, read_token_file
-from ._latency import LatencyResult, Profiler, check_measure_args, register_profiler
+from ._latency import LatencyResult, MeasureSettings, ModelKind, Profiler, register_profiler
 
 if TYPE_CHECKING:
     import torch
@@ -206,6 +207,8 @@ class RemoteProfiler(Profiler):
     """
 
     caches = True
+    model_kind = ModelKind.ONNX
+    model_hint = "export it with nasforge.export.export_onnx first"
 
     def __init__(
         self,
@@ -265,36 +268,42 @@ class RemoteProfiler(Profiler):
             ExportError: the file is missing or not a self-contained ONNX model, the agent is busy, timed out
                 or failed to measure.
         """
-        check_measure_args(
-            batch=batch, runs=runs, warmup=warmup, threads=threads, max_cv=max_cv, max_remeasure=max_remeasure
+        settings = self._check(
+            model, input_shape=input_shape, batch=batch, runs=runs, warmup=warmup, threads=threads,
+            max_cv=max_cv, max_remeasure=max_remeasure,
         )
-        if not isinstance(model, (str, Path)):
-            raise ConfigError(
-                f"the remote backend measures an .onnx file, got {type(model).__name__}; export it with "
-                "nasforge.export.export_onnx first"
-            )
+        return self._measure_checked(model, settings, backend=backend, fresh=fresh)
+
+    def _subject(self) -> str:
+        return "the remote backend"
+
+    def _measure_checked(
+        self, model: Any, settings: MeasureSettings, *, backend: str = "ort-cpu", fresh: bool = False
+    ) -> LatencyResult:
+        """The agent runs the protocol on the board: check the file against its limits, then post it."""
         url, token = self._target()
         path = Path(model)
         if not path.is_file():
             raise ExportError(f"no ONNX file at '{path}'; export one first with nasforge.export.export_onnx")
-        params: dict[str, Any] = {
-            "backend": backend,
-            "batch": batch,
-            "runs": runs,
-            "warmup": warmup,
-            "threads": threads,
-            "max_cv": max_cv,
-            "max_remeasure": max_remeasure,
-        }
-        if input_shape is not None:
-            shape = tuple(input_shape)
-            if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape):
-                raise ConfigError(
-                    f"input_shape {input_shape!r} is invalid; pass positive ints without the batch dim"
-                )
-            params["input_shape"] = ",".join(str(d) for d in shape)
-        if fresh:
-            params["fresh"] = 1
+        data = self._checked_upload(path, backend)
+        reply = _request(
+            url,
+            "/profile?" + urlencode(_query(settings, backend, fresh)),
+            token,
+            data=data,
+            timeout=self.timeout,
+            what=f"profiling '{path}'",
+        )
+        self.last_reply = reply
+        return _result_from(reply, url)
+
+    def _checked_upload(self, path: Path, backend: str) -> bytes:
+        """The file's bytes, refused locally (nothing sent) when the agent would refuse it.
+
+        Raises:
+            ConfigError: the file exceeds the agent's limit, or the agent does not offer ``backend``.
+            ExportError: the file is not a self-contained ONNX model.
+        """
         size = path.stat().st_size
         info = self.info()
         limit = info["max_bytes"]
@@ -311,13 +320,22 @@ class RemoteProfiler(Profiler):
             check_self_contained_onnx(data)
         except ExportError as err:
             raise ExportError(f"'{path}': {err}; nothing was sent") from None
-        reply = _request(
-            url,
-            "/profile?" + urlencode(params),
-            token,
-            data=data,
-            timeout=self.timeout,
-            what=f"profiling '{path}'",
-        )
-        self.last_reply = reply
-        return _result_from(reply, url)
+        return data
+
+
+def _query(settings: MeasureSettings, backend: str, fresh: bool) -> dict[str, Any]:
+    """The ``POST /profile`` query parameters."""
+    params: dict[str, Any] = {
+        "backend": backend,
+        "batch": settings.batch,
+        "runs": settings.runs,
+        "warmup": settings.warmup,
+        "threads": settings.threads,
+        "max_cv": settings.max_cv,
+        "max_remeasure": settings.max_remeasure,
+    }
+    if settings.input_shape is not None:
+        params["input_shape"] = ",".join(str(d) for d in settings.input_shape)
+    if fresh:
+        params["fresh"] = 1
+    return params

@@ -68,13 +68,7 @@ def slim_onnx(path: str | Path, inputs: Sequence[np.ndarray], *, atol: float = 1
             report["reason"] = f"the slimmed graph fails onnx.checker: {first_line(err)}"
             return report
         data = slim.SerializeToString()
-        reference = open_session(path, threads=1, optimization="disable")
-        candidate = open_session(data, threads=1, optimization="disable")
-        worst = 0.0
-        for x in inputs:
-            a = reference.run(None, {name: x})[0]
-            b = candidate.run(None, {name: x})[0]
-            worst = max(worst, float(np.max(np.abs(a - b))) if a.size else 0.0)
+        worst = _max_abs_diff(path, data, name, inputs)
         report["max_abs_diff"] = worst
         if worst > atol:
             report["reason"] = f"outputs differ by {worst:.3g} > atol {atol:g}"
@@ -85,3 +79,15 @@ def slim_onnx(path: str | Path, inputs: Sequence[np.ndarray], *, atol: float = 1
         report["kept"] = True
         report["reason"] = f"removed {before - after} of {before} nodes"
         return report
+
+
+def _max_abs_diff(path: Path, data: bytes, name: str, inputs: Sequence[np.ndarray]) -> float:
+    """Largest absolute difference of the first output between the file at ``path`` and the model ``data``."""
+    reference = open_session(path, threads=1, optimization="disable")
+    candidate = open_session(data, threads=1, optimization="disable")
+    worst = 0.0
+    for x in inputs:
+        a = reference.run(None, {name: x})[0]
+        b = candidate.run(None, {name: x})[0]
+        worst = max(worst, float(np.max(np.abs(a - b))) if a.size else 0.0)
+    return worst

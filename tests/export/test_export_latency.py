@@ -172,17 +172,6 @@ def test_unknown_backend_lists_known_ones(static_onnx: Path) -> None:
     assert "'tensorrt-99'" in message and "ort-cpu" in message and "torch-cpu" in message
 
 
-@pytest.mark.parametrize("name", list_profilers())
-def test_profiler_contract(name: str, tmp_path: Path) -> None:
-    """Every registered backend: named as registered, validates settings, rejects a model it cannot run."""
-    profiler = get_profiler(name)
-    assert isinstance(profiler, Profiler) and profiler.name == name
-    with pytest.raises(ConfigError):
-        profiler.measure(tmp_path / "m.onnx", runs=0)
-    with pytest.raises(NasforgeError):
-        profiler.measure(object())  # type: ignore[arg-type]
-
-
 def test_environment_fingerprint_shape() -> None:
     fingerprint = environment_fingerprint(threads=3)
     assert fingerprint["threads"] == 3

@@ -9,6 +9,7 @@ The tests at the end need a CUDA device (and TensorRT / onnxruntime-gpu) and ski
 from __future__ import annotations
 
 import ast
+import importlib
 import json
 import sys
 import types
@@ -22,7 +23,7 @@ import torch
 from onnx import TensorProto, helper
 
 from nasforge.errors import ConfigError, ExportError, MissingDependencyError, NasforgeError
-from nasforge.export import _gpu_profilers, _tensorrt, get_profiler, timed_runs
+from nasforge.export import get_profiler, timed_runs
 from nasforge.export._gpu_profilers import gpu_fingerprint, gpu_info
 from nasforge.export._onnx_io import InputSpec
 from nasforge.export._tensorrt import (
@@ -614,7 +615,9 @@ def test_gpu_fingerprint_is_json_and_describes_the_gpu() -> None:
 def test_modules_import_no_gpu_library_at_import_time() -> None:
     """Registration must not import torch, onnxruntime or tensorrt: only function bodies may."""
     heavy = {"torch", "onnxruntime", "tensorrt"}
-    for module in (_tensorrt, _gpu_profilers):
+    names = ("_tensorrt", "_trt_plan", "_trt_graph", "_trt_build", "_trt_sidecar", "_gpu_profilers", "_gpu_info",
+             "_ort_gpu", "_torch_cuda", "_trt_profiler", "_latency", "_fingerprint", "_profilers", "_remote")
+    for module in (importlib.import_module(f"nasforge.export.{name}") for name in names):
         tree = ast.parse(Path(module.__file__).read_text())
         top = set()
         for node in tree.body:
