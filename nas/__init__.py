@@ -2,8 +2,10 @@
 
 The one verb is :func:`run_search`: give it a space, an evaluator (architecture -> metrics), objectives such as
 ``("accuracy", "macs")`` and constraints such as ``"latency_ms<=5"``; it returns every trial and the feasible
-Pareto front. Searchers are plug-ins (:class:`Searcher`, :func:`register_searcher`); the built-in ``"optuna"``
-searcher samples with TPE, NSGA-II or at random and resumes a study from a journal file or a database.
+Pareto front. Searchers are plug-ins (:class:`Searcher`, :func:`register_searcher`), one registry holding every
+way to search (:func:`describe_searchers`: ``"optuna"``, ``"optuna:tpe"``, ``"nni:evolution"``, ``"predictor"``,
+...); the built-in ``"optuna"`` searcher samples with TPE, NSGA-II or at random and resumes a study from a
+journal file or a database.
 The ``"nni"`` searcher (:class:`NniSearcher`, extra ``nasforge[nni]``) runs NNI's Random, GridSearch or
 RegularizedEvolution strategy on one reward folded from the objectives, storing its trials in the same kind of study.
 
@@ -18,13 +20,27 @@ when they keep dying).
 
 from __future__ import annotations
 
-from ._base import Evaluator, Progress, Searcher, get_searcher, list_searchers, register_searcher
-from ._nni import NNI_SAMPLERS, NniSearcher, nni_strategy
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from ._base import (
+    NNI_SAMPLERS,
+    OPTUNA_SAMPLERS,
+    Evaluator,
+    Progress,
+    Searcher,
+    SearcherEntry,
+    SearchSettings,
+    describe_searchers,
+    find_searcher,
+    get_searcher,
+    list_searchers,
+    nni_strategy,
+    register_searcher,
+)
 from ._objectives import Constraint, Objective, parse_constraint, parse_objective
-from ._optuna import OPTUNA_SAMPLERS, OptunaSearcher, collect_result
 from ._pareto import hypervolume_2d, pareto_front
 from ._plot import PlotSeries, plot_pareto
-from ._predictor_loop import PredictorLoopSearcher
 from ._predictors import (
     AccuracyPredictor,
     LatencyPredictor,
@@ -39,8 +55,24 @@ from ._predictors import (
 from ._result import SearchResult, TrialRecord
 from ._search import SUBNET_METRICS, check_search_settings, run_search
 from ._storage import describe_storage, journal_storage_url, redact_storage, resolve_storage
-from ._supervisor import SearchWorkerError, SupervisorReport, supervise_workers
 from ._table_predictor import TableLatencyPredictor
+
+if TYPE_CHECKING:
+    from ._nni import NniSearcher
+    from ._optuna import OptunaSearcher, collect_result
+    from ._predictor_loop import PredictorLoopSearcher
+    from ._supervisor import SearchWorkerError, SupervisorReport, supervise_workers
+
+#: names whose modules import Optuna, loaded on first use (so listing searchers or parsing settings does not)
+_LAZY = {
+    "NniSearcher": "._nni",
+    "OptunaSearcher": "._optuna",
+    "collect_result": "._optuna",
+    "PredictorLoopSearcher": "._predictor_loop",
+    "SearchWorkerError": "._supervisor",
+    "SupervisorReport": "._supervisor",
+    "supervise_workers": "._supervisor",
+}
 
 __all__ = [
     "NNI_SAMPLERS",
@@ -62,6 +94,8 @@ __all__ = [
     "SupervisorReport",
     "TableLatencyPredictor",
     "Searcher",
+    "SearcherEntry",
+    "SearchSettings",
     "TrialRecord",
     "check_search_settings",
     "evolve_on_predictors",
@@ -86,4 +120,19 @@ __all__ = [
     "resolve_storage",
     "describe_storage",
     "collect_result",
+    "describe_searchers",
+    "find_searcher",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

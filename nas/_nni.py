@@ -31,20 +31,25 @@ import optuna
 from optuna.trial import TrialState
 
 from nasforge.errors import ConfigError, MissingDependencyError
-from nasforge.supernets.arch import Architecture, SearchSpace
+from nasforge.supernets.arch import SearchSpace
 
-from ._base import Evaluator, Progress, Searcher, register_searcher
-from ._objectives import Constraint, Objective
+from ._base import (
+    NNI_SAMPLERS,
+    NNI_STRATEGIES,
+    Evaluator,
+    Progress,
+    Searcher,
+    SearchSettings,
+    nni_strategy,
+    register_searcher,
+)
+from ._objectives import Objective
 from ._optuna import _ATTR_ARCH, _ATTR_METRICS, _FINISHED, _quiet_optuna, collect_result, open_study
 from ._result import SearchResult, TrialRecord
 from ._storage import MEMORY, describe_storage, journal_storage_url
 
 __all__ = ["NNI_SAMPLERS", "NNI_STRATEGIES", "NniMissingError", "NniSearcher", "nni_strategy"]
 
-#: strategy option -> the NNI 3.0 class (``nni.nas.strategy``) that runs it
-NNI_STRATEGIES = {"random": "Random", "grid": "GridSearch", "evolution": "RegularizedEvolution"}
-#: sampler names of ``run_search`` / ``nasforge search --sampler`` that pick the NNI searcher and its strategy
-NNI_SAMPLERS = ("nni-evolution", "nni-random", "nni-grid")
 #: study user attribute: the per-objective scales |s_i| of the folded reward (fixed once, reused on resume)
 REWARD_SCALE_ATTR = "nasforge:nni_reward_scale"
 #: trial user attributes written by the NNI runner
@@ -63,15 +68,6 @@ _STDERR_TAIL = 12
 
 class NniMissingError(MissingDependencyError, ConfigError):
     """NNI (or pytorch-lightning, which ``nni.nas`` imports) is not installed; install ``nasforge[nni]``."""
-
-
-def nni_strategy(sampler: object) -> str | None:
-    """The NNI strategy a sampler name picks (``"nni"`` -> ``"evolution"``, ``"nni-grid"`` -> ``"grid"``), or None."""
-    if sampler == "nni":
-        return "evolution"
-    if sampler in NNI_SAMPLERS:
-        return str(sampler)[len("nni-") :]
-    return None
 
 
 def _require_nni() -> None:
@@ -167,20 +163,7 @@ class NniSearcher(Searcher):
         self.workdir = None if workdir is None else Path(workdir)
         self.timeout = None if timeout is None else float(timeout)
 
-    def search(
-        self,
-        space: SearchSpace,
-        evaluate: Evaluator,
-        *,
-        objectives: Sequence[Objective],
-        constraints: Sequence[Constraint] = (),
-        n_trials: int,
-        storage: str | None,
-        study_name: str,
-        seed: int,
-        progress: Progress | None = None,
-        initial: Sequence[Architecture] = (),
-    ) -> SearchResult:
+    def run(self, space: SearchSpace, evaluate: Evaluator, settings: SearchSettings) -> SearchResult:
         """See :meth:`Searcher.search`. Runs ``n_trials`` minus the study's finished trials in the NNI process
         (failures of this call count, failures from before are not: a resume retries); stops early if the
         strategy has no new architecture left (grid search of a small space) or the ``timeout`` is spent.
@@ -190,46 +173,53 @@ class NniSearcher(Searcher):
                 the NNI process, or an error the NNI process reports as such.
             RuntimeError: if the NNI process dies; the trials it finished are in the study.
         """
-        objectives, constraints = tuple(objectives), tuple(constraints)
-        weights = self._weights_for(objectives)
-        population, sample = self._evolution_sizes(n_trials)
-        where = describe_storage(storage)
+        s = settings
+        weights = self._weights_for(s.objectives)
+        sizes = self._evolution_sizes(s.n_trials)
+        where = describe_storage(s.storage)
         with _quiet_optuna(), self._work_folder(where) as workdir:
             run_storage = where
             if where == MEMORY:  # the child cannot reach this process's memory: a journal file stands in for it
                 run_storage = journal_storage_url(workdir / f".nasforge-nni-{uuid.uuid4().hex[:12]}.journal")
             try:
-                study = open_study(space, objectives, run_storage, study_name, seed)
+                study = open_study(space, s.objectives, run_storage, s.study_name, s.seed)
                 trials = study.get_trials(deepcopy=False)
                 finished = sum(t.state in _FINISHED for t in trials)
-                if finished < n_trials:
-                    job = {
-                        "space": space,
-                        "evaluate": evaluate,
-                        "objectives": objectives,
-                        "constraints": constraints,
-                        "weights": weights,
-                        "strategy": self.strategy,
-                        "population_size": population,
-                        "sample_size": sample,
-                        "timeout": self.timeout,
-                        "trials": n_trials - finished,
-                        "done_before": finished,
-                        "n_trials": n_trials,
-                        # A resumed run gets a different seed, so the strategy does not replay the first run.
-                        "seed": int(np.random.SeedSequence([seed, len(trials)]).generate_state(1)[0]),
-                        "storage": run_storage,
-                        "study_name": study_name,
-                        "initial": tuple(space.canonical(a) for a in initial) if not trials else (),
-                        "known": _known_metrics(trials),
-                        "reward_scale": _reward_scale(study, objectives),
-                        "torch_threads": _torch_threads(),
-                    }
-                    _run_child(job, workdir, progress)
-                return collect_result(study, objectives, constraints, where)
+                if finished < s.n_trials:
+                    job = self._job(space, evaluate, s, study, trials, weights, sizes, run_storage)
+                    _run_child(job, workdir, s.progress)
+                return collect_result(study, s.objectives, s.constraints, where)
             finally:
                 if run_storage != where:
                     _remove_journal(run_storage)
+
+    def _job(self, space: SearchSpace, evaluate: Evaluator, s: SearchSettings, study: optuna.Study,
+             trials: Sequence[optuna.trial.FrozenTrial], weights: list[float], sizes: tuple[int | None, int | None],
+             run_storage: str) -> dict[str, Any]:
+        """The job the NNI process runs: the missing trials of ``study``, with what it needs to fold rewards."""
+        finished = sum(t.state in _FINISHED for t in trials)
+        return {
+            "space": space,
+            "evaluate": evaluate,
+            "objectives": s.objectives,
+            "constraints": s.constraints,
+            "weights": weights,
+            "strategy": self.strategy,
+            "population_size": sizes[0],
+            "sample_size": sizes[1],
+            "timeout": self.timeout,
+            "trials": s.n_trials - finished,
+            "done_before": finished,
+            "n_trials": s.n_trials,
+            # A resumed run gets a different seed, so the strategy does not replay the first run.
+            "seed": int(np.random.SeedSequence([s.seed, len(trials)]).generate_state(1)[0]),
+            "storage": run_storage,
+            "study_name": s.study_name,
+            "initial": tuple(space.canonical(a) for a in s.initial) if not trials else (),
+            "known": _known_metrics(trials),
+            "reward_scale": _reward_scale(study, s.objectives),
+            "torch_threads": _torch_threads(),
+        }
 
     def _weights_for(self, objectives: tuple[Objective, ...]) -> list[float]:
         names = [o.name for o in objectives]

@@ -219,11 +219,65 @@ def _run_strategy(recorder: _Recorder, job: Mapping[str, Any], budget: int, seco
     import nni
     from nni.mutable import Categorical, MutableDict
     from nni.nas.evaluator import FunctionalEvaluator
-    from nni.nas.experiment import NasExperiment, NasExperimentConfig
-    from nni.nas.space import ExecutableModelSpace, ModelStatus
+    from nni.nas.experiment import NasExperimentConfig
+
+    arch_model_space, experiment_class = _nni_classes()
+
+    def trial(sample: dict[str, Any]) -> None:
+        nni.report_final_result(recorder.run(recorder.architecture(sample)))
+
+    labels = {label: dist.choices for label, dist in recorder.distributions.items()}  # ks_0 ... ks_11, r
+    mutables = MutableDict({label: Categorical(list(choices), label=label) for label, choices in labels.items()})
+    evaluator = FunctionalEvaluator(trial)
+    strategy = _strategy(recorder, job)
+    config = NasExperimentConfig("sequential", "raw")
+    config.experiment_name = f"nasforge {job['study_name']}"
+    config.max_trial_number = budget
+    config.execution_engine.max_model_count = budget
+    config.execution_engine.max_duration = seconds
+    experiment = experiment_class(arch_model_space(mutables, evaluator), evaluator, strategy, config)
+    recorder.experiment = experiment.id
+    try:
+        experiment.run(port=8080)  # a sequential experiment starts no NNI manager and opens no port
+    finally:
+        experiment.stop()
+
+
+def _strategy(recorder: _Recorder, job: Mapping[str, Any]) -> Any:
+    """The job's NNI strategy, warm-started from the study: it never proposes a complete trial's architecture
+    again, and evolution evolves from the latest complete trials."""
     from nni.nas.strategy import GridSearch, Random, RegularizedEvolution
     from nni.nas.strategy.evolution import Individual
     from nni.nas.strategy.utils import DeduplicationHelper
+
+    name, seed = job["strategy"], job["seed"]
+    if name == "evolution":
+        strategy: Any = RegularizedEvolution(population_size=job["population_size"], sample_size=job["sample_size"],
+                                             seed=seed)
+    elif name == "grid":
+        strategy = GridSearch(shuffle=True, seed=seed)
+    else:
+        strategy = Random(seed=seed)
+    history = recorder.history()
+    state = strategy.state_dict()
+    dedup = DeduplicationHelper()
+    for params, _ in history:
+        dedup.dedup(params)
+    state.update(dedup.state_dict())
+    if name == "evolution":
+        state["population"] = [Individual(p, r) for p, r in history[-job["population_size"] :]]
+        state["individual_counter"] = len(history)
+    strategy.load_state_dict(state)
+    return strategy
+
+
+def _nni_classes() -> tuple[Any, Any]:
+    """NNI's view of the search (made here, since their bases come from NNI): ``(model space class, experiment
+    class)``."""
+    from nni.mutable import MutableDict
+    from nni.nas.evaluator import FunctionalEvaluator
+    from nni.nas.experiment import NasExperiment
+    from nni.nas.space import ExecutableModelSpace, ModelStatus
 
     class ArchModelSpace(ExecutableModelSpace):
         """The search space as NNI sees it: one categorical per position; a frozen model is its sample."""
@@ -259,43 +313,7 @@ def _run_strategy(recorder: _Recorder, job: Mapping[str, Any], budget: int, seco
         def executable_model_factory(self, config: Any) -> ExecutableModelSpace:
             return self.model_space
 
-    def trial(sample: dict[str, Any]) -> None:
-        nni.report_final_result(recorder.run(recorder.architecture(sample)))
-
-    labels = {label: dist.choices for label, dist in recorder.distributions.items()}  # ks_0 ... ks_11, r
-    mutables = MutableDict({label: Categorical(list(choices), label=label) for label, choices in labels.items()})
-    evaluator = FunctionalEvaluator(trial)
-    name, seed = job["strategy"], job["seed"]
-    if name == "evolution":
-        strategy: Any = RegularizedEvolution(population_size=job["population_size"], sample_size=job["sample_size"],
-                                             seed=seed)
-    elif name == "grid":
-        strategy = GridSearch(shuffle=True, seed=seed)
-    else:
-        strategy = Random(seed=seed)
-    # Warm start from the study: never propose a complete trial's architecture again; evolve from the latest.
-    history = recorder.history()
-    state = strategy.state_dict()
-    dedup = DeduplicationHelper()
-    for params, _ in history:
-        dedup.dedup(params)
-    state.update(dedup.state_dict())
-    if name == "evolution":
-        state["population"] = [Individual(p, r) for p, r in history[-job["population_size"] :]]
-        state["individual_counter"] = len(history)
-    strategy.load_state_dict(state)
-
-    config = NasExperimentConfig("sequential", "raw")
-    config.experiment_name = f"nasforge {job['study_name']}"
-    config.max_trial_number = budget
-    config.execution_engine.max_model_count = budget
-    config.execution_engine.max_duration = seconds
-    experiment = Experiment(ArchModelSpace(mutables, evaluator), evaluator, strategy, config)
-    recorder.experiment = experiment.id
-    try:
-        experiment.run(port=8080)  # a sequential experiment starts no NNI manager and opens no port
-    finally:
-        experiment.stop()
+    return ArchModelSpace, Experiment
 
 
 def run_job(job: Mapping[str, Any]) -> int:

@@ -21,7 +21,7 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 from nasforge.errors import ConfigError
 from nasforge.supernets.arch import Architecture, SearchSpace
 
-from ._base import Evaluator, Progress, Searcher, register_searcher
+from ._base import OPTUNA_SAMPLERS, Evaluator, Searcher, SearchSettings, register_searcher
 from ._heartbeat import Heartbeat, failed_numbers, reap_dead_trials, used_budget
 from ._objectives import Constraint, Objective
 from ._result import SearchResult, TrialRecord, build_front
@@ -29,7 +29,6 @@ from ._storage import describe_storage, redact_storage, resolve_storage
 
 __all__ = ["GP_MAX_TRIALS", "OPTUNA_SAMPLERS", "OptunaSearcher", "open_study", "param_name"]
 
-OPTUNA_SAMPLERS = ("tpe", "nsga2", "nsga3", "gp", "random")
 #: the GP sampler refits a Gaussian process on every trial (cubic in the trials): more than this is refused
 GP_MAX_TRIALS = 300
 _ATTR_ARCH = "arch"
@@ -104,39 +103,26 @@ class OptunaSearcher(Searcher):
                                              deterministic_objective=False, warn_independent_sampling=False)
         return optuna.samplers.RandomSampler(seed=seed)
 
-    def search(
-        self,
-        space: SearchSpace,
-        evaluate: Evaluator,
-        *,
-        objectives: Sequence[Objective],
-        constraints: Sequence[Constraint] = (),
-        n_trials: int,
-        storage: str | None,
-        study_name: str,
-        seed: int,
-        progress: Progress | None = None,
-        initial: Sequence[Architecture] = (),
-    ) -> SearchResult:
+    def run(self, space: SearchSpace, evaluate: Evaluator, settings: SearchSettings) -> SearchResult:
         """See :meth:`Searcher.search`. Runs trials until the study (shared with any other workers) has used
         ``n_trials``: finished or running trials and the trials that failed during this call (failures from
         before are retried, as a resume should); a trial failed because its worker died is retried."""
-        objectives, constraints = tuple(objectives), tuple(constraints)
+        s = settings
         with _quiet_optuna():
-            study = self._open_study(space, objectives, storage, study_name, seed, n_trials)
+            study = self._open_study(space, s.objectives, s.storage, s.study_name, s.seed, s.n_trials)
             if not study.get_trials(deepcopy=False):
-                for arch in initial:
+                for arch in s.initial:
                     study.enqueue_trial(architecture_params(space, arch), skip_if_exists=True)
-            runner = _TrialRunner(study, space, evaluate, objectives, constraints, self.heartbeat_interval)
+            runner = _TrialRunner(study, space, evaluate, s.objectives, s.constraints, self.heartbeat_interval)
             # Several workers may share the study: each starts a trial only while the used budget (finished,
             # failed and running trials, its peers' included) is below n_trials, so together they stop there.
             reap_dead_trials(study, self.grace)
             failed_before = failed_numbers(study)
-            while (left := self._remaining(study, n_trials, failed_before)) > 0:
+            while (left := self._remaining(study, s.n_trials, failed_before)) > 0:
                 record = runner.run_one()
-                if progress is not None:
-                    progress(n_trials - left + 1, n_trials, record)
-            return collect_result(study, objectives, constraints, describe_storage(storage))
+                if s.progress is not None:
+                    s.progress(s.n_trials - left + 1, s.n_trials, record)
+            return collect_result(study, s.objectives, s.constraints, describe_storage(s.storage))
 
     def _remaining(self, study: optuna.Study, n_trials: int, failed_before: frozenset[int]) -> int:
         """Trials still to start in ``study`` (shared by all its workers), after failing dead workers' trials."""

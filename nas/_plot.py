@@ -124,12 +124,7 @@ def plot_pareto(
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     ax.scatter(*_xy(records_all, x, y), s=14, color="0.65", label=trials_label, zorder=1)
-    order = sorted(range(len(front)), key=lambda i: (float(front[i][x]), float(front[i][y])))
-    fx = [float(front[i][x]) for i in order]
-    fy = [float(front[i][y]) for i in order]
-    ax.step(fx, fy, where="post", color="tab:red", marker="o", markersize=5, label=front_label, zorder=2)
-    if annotate is not None:
-        _annotate(ax, [annotate[i] for i in order], fx, fy)
+    _draw_front(ax, front, x, y, annotate, front_label)
     for series in extra:
         _draw_series(ax, series, x, y)
     ax.set_xlabel(xlabel if xlabel is not None else x)
@@ -142,3 +137,14 @@ def plot_pareto(
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return atomic_write_bytes(path, buf.getvalue())
+
+
+def _draw_front(ax: Any, front: Sequence[Mapping[str, float]], x: str, y: str, annotate: Sequence[str] | None,
+                label: str) -> None:
+    """The front as a step line with markers, in order of ``x`` (annotated where labels are given)."""
+    order = sorted(range(len(front)), key=lambda i: (float(front[i][x]), float(front[i][y])))
+    fx = [float(front[i][x]) for i in order]
+    fy = [float(front[i][y]) for i in order]
+    ax.step(fx, fy, where="post", color="tab:red", marker="o", markersize=5, label=label, zorder=2)
+    if annotate is not None:
+        _annotate(ax, [annotate[i] for i in order], fx, fy)

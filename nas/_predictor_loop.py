@@ -28,7 +28,7 @@ from optuna.trial import TrialState
 from nasforge.errors import ConfigError
 from nasforge.supernets.arch import Architecture, SearchSpace
 
-from ._base import Evaluator, Progress, register_searcher
+from ._base import Evaluator, SearchSettings, register_searcher
 from ._heartbeat import failed_numbers, reap_dead_trials
 from ._objectives import Constraint, Objective
 from ._optuna import (
@@ -126,20 +126,7 @@ class PredictorLoopSearcher(OptunaSearcher):
         self.holdout = float(holdout)
         self.last_reports: dict[str, PredictorReport] = {}
 
-    def search(
-        self,
-        space: SearchSpace,
-        evaluate: Evaluator,
-        *,
-        objectives: Sequence[Objective],
-        constraints: Sequence[Constraint] = (),
-        n_trials: int,
-        storage: str | None,
-        study_name: str,
-        seed: int,
-        progress: Progress | None = None,
-        initial: Sequence[Architecture] = (),
-    ) -> SearchResult:
+    def run(self, space: SearchSpace, evaluate: Evaluator, settings: SearchSettings) -> SearchResult:
         """See :meth:`Searcher.search`. Shares the study's trial budget with any other workers exactly as the
         Optuna searcher does (finished, running and this call's failed trials count; dead workers' trials retry).
 
@@ -148,41 +135,41 @@ class PredictorLoopSearcher(OptunaSearcher):
         ``seed`` and the round). If a round proposes nothing new (every front member is measured), one random
         trial runs.
         """
-        objectives, constraints = tuple(objectives), tuple(constraints)
-        n_initial = self.n_initial if self.n_initial is not None else int(np.clip(n_trials // 4, 10, 30))
+        s = settings
+        n_initial = self.n_initial if self.n_initial is not None else int(np.clip(s.n_trials // 4, 10, 30))
         self.last_reports = {}
         with _quiet_optuna():
-            study = self._open_study(space, objectives, storage, study_name, seed, n_trials)
+            study = self._open_study(space, s.objectives, s.storage, s.study_name, s.seed, s.n_trials)
             if not study.get_trials(deepcopy=False):
-                for arch in initial:
+                for arch in s.initial:
                     study.enqueue_trial(architecture_params(space, arch), skip_if_exists=True)
             reap_dead_trials(study, self.grace)
             failed_before = failed_numbers(study)
-            runner = _TrialRunner(study, space, evaluate, objectives, constraints, self.heartbeat_interval)
+            runner = _TrialRunner(study, space, evaluate, s.objectives, s.constraints, self.heartbeat_interval)
 
             def run(left: int, params: dict[str, int] | None = None, round_no: int = 0) -> None:
                 if params is not None:
                     study.enqueue_trial(params, user_attrs={PROPOSED_ATTR: round_no})
                 record: TrialRecord = runner.run_one()
-                if progress is not None:
-                    progress(n_trials - left + 1, n_trials, record)
+                if s.progress is not None:
+                    s.progress(s.n_trials - left + 1, s.n_trials, record)
 
-            while (left := self._remaining(study, n_trials, failed_before)) > 0:
+            while (left := self._remaining(study, s.n_trials, failed_before)) > 0:
                 measured = _measured(study)
                 if len(measured) < max(n_initial, MIN_SAMPLES):
                     run(left)  # warm-up: enqueued initial architectures first, then the random sampler
                     continue
                 round_no = len(study.get_trials(deepcopy=False))
-                proposals = self._propose(space, objectives, constraints, study, measured, seed, round_no)
+                proposals = self._propose(space, s.objectives, s.constraints, study, measured, s.seed, round_no)
                 if not proposals:
                     _log.info("predictor round at trial %d proposed nothing new; running a random trial", round_no)
                     run(left)
                     continue
                 for arch in proposals:
-                    if (left := self._remaining(study, n_trials, failed_before)) <= 0:
+                    if (left := self._remaining(study, s.n_trials, failed_before)) <= 0:
                         break
                     run(left, architecture_params(space, arch), round_no)
-            return collect_result(study, objectives, constraints, describe_storage(storage))
+            return collect_result(study, s.objectives, s.constraints, describe_storage(s.storage))
 
     # -- one round -------------------------------------------------------------------------------------------
     def _propose(
@@ -197,6 +184,28 @@ class PredictorLoopSearcher(OptunaSearcher):
     ) -> list[Architecture]:
         """Fit the predictors on ``measured``, evolve on them and pick up to ``batch`` unmeasured front members."""
         wanted = list(dict.fromkeys([o.name for o in objectives] + [c.metric for c in constraints]))
+        models = self._fit_models(space, measured, wanted, seed, round_no)
+        missing = [o.name for o in objectives if o.name not in models]
+        if missing:
+            _log.warning("no predictor for objectives %s (too few measured values); running random trials", missing)
+            return []
+        scores = _RoundScores(models, objectives, constraints)
+        skipped = [str(c) for c in constraints if c.metric not in models]
+        if skipped:
+            _log.info("constraints %s have no predictor or cost function yet; the evolution ignores them", skipped)
+        front = self._evolve(space, scores, measured, _seed(seed, round_no, len(wanted)), round_no)
+        taken = _taken(study)
+        fresh = [a for a in front if a not in taken]
+        if len(objectives) == 1 or len(fresh) <= self.batch:
+            return fresh[: self.batch]
+        return _spread(fresh, scores.score(fresh)[:, 0], self.batch)
+
+    def _fit_models(
+        self, space: SearchSpace, measured: dict[Architecture, dict[str, float]], wanted: list[str], seed: int,
+        round_no: int,
+    ) -> dict[str, Callable[[list[Architecture]], np.ndarray]]:
+        """One model per ``wanted`` metric: its exact cost function, else a predictor fitted on ``measured``
+        (none when too few values are measured); sets :attr:`last_reports` and logs them."""
         models: dict[str, Callable[[list[Architecture]], np.ndarray]] = {}
         reports: dict[str, PredictorReport] = {}
         for j, name in enumerate(wanted):
@@ -212,71 +221,30 @@ class PredictorLoopSearcher(OptunaSearcher):
             _log.info("predictor round at trial %d: %s predictor on %d architectures, held-out rmse=%.4g mae=%.4g "
                       "kendall_tau=%.3f (%d held out)", round_no, name, rep.n_train + rep.n_holdout, rep.rmse,
                       rep.mae, rep.kendall_tau, rep.n_holdout)
-        missing = [o.name for o in objectives if o.name not in models]
-        if missing:
-            _log.warning("no predictor for objectives %s (too few measured values); running random trials", missing)
-            return []
+        return models
 
-        cache: dict[str, dict[Architecture, float]] = {name: {} for name in models}
-
-        def values(archs: list[Architecture], names: Sequence[str] = tuple(models)) -> list[dict[str, float]]:
-            for name in names:  # each model runs once per architecture, batched, and only where needed
-                known = cache[name]
-                fresh = list(dict.fromkeys(a for a in archs if a not in known))
-                if fresh:
-                    known.update(zip(fresh, np.asarray(models[name](fresh), dtype=np.float64).tolist(), strict=True))
-            return [{name: cache[name][a] for name in names} for a in archs]
-
-        sign = np.array([1.0 if o.direction == "maximize" else -1.0 for o in objectives])
-        objective_names = [o.name for o in objectives]
-
-        def score(archs: list[Architecture]) -> np.ndarray:
-            return np.array([[v[n] for n in objective_names] for v in values(archs, objective_names)]) * sign
-
-        usable = [c for c in constraints if c.metric in models]
-        skipped = [str(c) for c in constraints if c.metric not in models]
-        if skipped:
-            _log.info("constraints %s have no predictor or cost function yet; the evolution ignores them", skipped)
-
-        constraint_names = list(dict.fromkeys(c.metric for c in usable))
-
-        def feasible_all(archs: list[Architecture]) -> list[bool]:
-            return [all(c.is_satisfied(v) for c in usable) for v in values(archs, constraint_names)]
-
-        def feasible(arch: Architecture) -> bool:
-            return feasible_all([arch])[0]
-
-        evolve_seed = _seed(seed, round_no, len(wanted))
+    def _evolve(self, space: SearchSpace, scores: _RoundScores, measured: dict[Architecture, dict[str, float]],
+                evolve_seed: int, round_no: int) -> list[Architecture]:
+        """The predicted front of one round: constraints as a filter if enough random architectures are predicted
+        to meet them, else as a penalty."""
         options: dict[str, int] = {
             "population": self.population, "generations": self.generations, "parents": max(2, self.population // 4),
             "mutants": self.population // 2, "crossovers": self.population // 2, "max_tries": _MAX_TRIES,
             "seed": evolve_seed,
         }
-        if usable and _enough_feasible(space, feasible_all, self.population, evolve_seed):
-            front = evolve_on_predictors(space, score, constraint=feasible, **options)
-        elif usable:
-            _log.warning("predictor round at trial %d: fewer than %d of %d random architectures are predicted to "
-                         "meet the constraints %s; evolving with the constraints as a penalty instead", round_no,
-                         self.population, self.population * _MAX_TRIES, [str(c) for c in usable])
-            # An infeasible architecture scores far below any feasible one in every objective, and the more it
-            # violates the lower: the front is feasible if evolution found a feasible one, else least violating.
-            offsets = np.array([1e3 * (1.0 + max(abs(m[o.name]) for m in measured.values() if o.name in m))
-                                for o in objectives])
-
-            def penalised(archs: list[Architecture]) -> np.ndarray:
-                excess = np.array([sum(max(0.0, c.violation(v)) for c in usable)
-                                   for v in values(archs, constraint_names)])
-                return score(archs) - np.where(excess > 0, 1.0 + excess, 0.0)[:, None] * offsets
-
-            front = evolve_on_predictors(space, penalised, **options)
-        else:
-            front = evolve_on_predictors(space, score, **options)
-
-        taken = _taken(study)
-        fresh = [a for a in front if a not in taken]
-        if len(objectives) == 1 or len(fresh) <= self.batch:
-            return fresh[: self.batch]
-        return _spread(fresh, score(fresh)[:, 0], self.batch)
+        usable = scores.usable
+        if usable and _enough_feasible(space, scores.feasible_all, self.population, evolve_seed):
+            return evolve_on_predictors(space, scores.score, constraint=scores.feasible, **options)
+        if not usable:
+            return evolve_on_predictors(space, scores.score, **options)
+        _log.warning("predictor round at trial %d: fewer than %d of %d random architectures are predicted to "
+                     "meet the constraints %s; evolving with the constraints as a penalty instead", round_no,
+                     self.population, self.population * _MAX_TRIES, [str(c) for c in usable])
+        # An infeasible architecture scores far below any feasible one in every objective, and the more it
+        # violates the lower: the front is feasible if evolution found a feasible one, else least violating.
+        offsets = np.array([1e3 * (1.0 + max(abs(m[o.name]) for m in measured.values() if o.name in m))
+                            for o in scores.objectives])
+        return evolve_on_predictors(space, scores.penalised(offsets), **options)
 
     def _fit(
         self, space: SearchSpace, measured: dict[Architecture, dict[str, float]], name: str, seed: int
@@ -292,6 +260,51 @@ class PredictorLoopSearcher(OptunaSearcher):
         if holdout > 0:  # the held-out fit only measures the error; search with a predictor of all the data
             predictor.fit(archs, targets, holdout=0.0)
         return predictor, report
+
+
+class _RoundScores:
+    """One round's metric models (predictors or exact costs) behind a per-architecture cache: each model runs
+    once per architecture, batched, and only where needed."""
+
+    def __init__(self, models: dict[str, Callable[[list[Architecture]], np.ndarray]],
+                 objectives: tuple[Objective, ...], constraints: tuple[Constraint, ...]) -> None:
+        self.models, self.objectives = models, objectives
+        self.cache: dict[str, dict[Architecture, float]] = {name: {} for name in models}
+        self.sign = np.array([1.0 if o.direction == "maximize" else -1.0 for o in objectives])
+        self.objective_names = [o.name for o in objectives]
+        self.usable = [c for c in constraints if c.metric in models]
+        self.constraint_names = list(dict.fromkeys(c.metric for c in self.usable))
+
+    def values(self, archs: list[Architecture], names: Sequence[str]) -> list[dict[str, float]]:
+        """The ``names`` metrics of each architecture."""
+        for name in names:
+            known = self.cache[name]
+            fresh = list(dict.fromkeys(a for a in archs if a not in known))
+            if fresh:
+                known.update(zip(fresh, np.asarray(self.models[name](fresh), dtype=np.float64).tolist(), strict=True))
+        return [{name: self.cache[name][a] for name in names} for a in archs]
+
+    def score(self, archs: list[Architecture]) -> np.ndarray:
+        """The objectives to maximise (minimised ones negated), one row per architecture."""
+        return np.array([[v[n] for n in self.objective_names] for v in self.values(archs, self.objective_names)]
+                        ) * self.sign
+
+    def feasible_all(self, archs: list[Architecture]) -> list[bool]:
+        """Whether each architecture is predicted to meet the usable constraints."""
+        return [all(c.is_satisfied(v) for c in self.usable) for v in self.values(archs, self.constraint_names)]
+
+    def feasible(self, arch: Architecture) -> bool:
+        return self.feasible_all([arch])[0]
+
+    def penalised(self, offsets: np.ndarray) -> Callable[[list[Architecture]], np.ndarray]:
+        """:meth:`score` minus ``offsets`` times (1 + summed violation) for a predicted-infeasible architecture."""
+
+        def penalised(archs: list[Architecture]) -> np.ndarray:
+            excess = np.array([sum(max(0.0, c.violation(v)) for c in self.usable)
+                               for v in self.values(archs, self.constraint_names)])
+            return self.score(archs) - np.where(excess > 0, 1.0 + excess, 0.0)[:, None] * offsets
+
+        return penalised
 
 
 def _not_int(value: object) -> bool:

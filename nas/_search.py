@@ -8,10 +8,17 @@ from collections.abc import Collection, Sequence
 from nasforge.errors import ConfigError
 from nasforge.supernets.arch import Architecture, SearchSpace
 
-from ._base import Evaluator, Progress, Searcher, get_searcher, list_searchers
-from ._nni import NNI_SAMPLERS, nni_strategy
+from ._base import (
+    NNI_SAMPLERS,
+    OPTUNA_SAMPLERS,
+    Evaluator,
+    Progress,
+    Searcher,
+    SearchSettings,
+    find_searcher,
+    list_searchers,
+)
 from ._objectives import Constraint, Objective, parse_constraints, parse_objectives
-from ._optuna import OPTUNA_SAMPLERS
 from ._result import SearchResult
 from ._storage import describe_storage
 
@@ -49,7 +56,8 @@ def run_search(
         sampler: ``"tpe"``, ``"nsga2"``, ``"nsga3"``, ``"gp"`` or ``"random"`` (Optuna), ``"nni-evolution"``,
             ``"nni-random"`` or ``"nni-grid"`` (an NNI strategy, see :class:`NniSearcher`; needs
             ``nasforge[nni]``), the name of a registered searcher (``"predictor"``: predictor-in-the-loop,
-            ``"nni"``: NNI's evolution), or a configured :class:`Searcher`.
+            ``"nni"``: NNI's evolution, ``"optuna:nsga2"``, ``"nni:grid"``, ...; see :func:`describe_searchers`),
+            or a configured :class:`Searcher`.
         storage: ``None`` (in memory), a ``.log`` / ``.journal`` file or ``"journal:PATH"`` (Optuna journal
             file), or a database URL such as ``"sqlite:///study.db"``. Existing studies are resumed.
         study_name: the study to create or resume.
@@ -67,24 +75,15 @@ def run_search(
         ConfigError: on malformed objectives/constraints, an unknown sampler, a bad ``n_trials`` or storage,
             or a stored study that was created for other objectives.
     """
-    parsed_objectives = parse_objectives(objectives)
-    parsed_constraints = parse_constraints(constraints)
+    parsed_objectives, parsed_constraints = parse_objectives(objectives), parse_constraints(constraints)
     _check_n_trials(n_trials)
     if not isinstance(study_name, str) or not study_name:
         raise ConfigError(f"study_name {study_name!r} must be a non-empty string")
-    storage_text = None if storage is None else describe_storage(storage)
-    return _make_searcher(sampler, heartbeat).search(
-        space,
-        evaluate,
-        objectives=parsed_objectives,
-        constraints=parsed_constraints,
-        n_trials=n_trials,
-        storage=storage_text,
-        study_name=study_name,
-        seed=seed,
-        progress=progress,
-        initial=tuple(initial),
-    )
+    settings = SearchSettings(
+        objectives=parsed_objectives, constraints=parsed_constraints, n_trials=n_trials,
+        storage=None if storage is None else describe_storage(storage), study_name=study_name, seed=seed,
+        progress=progress, initial=tuple(initial))
+    return _make_searcher(sampler, heartbeat).search(space, evaluate, **settings.as_kwargs())
 
 
 def check_search_settings(
@@ -121,17 +120,15 @@ def _check_n_trials(n_trials: int) -> None:
 
 
 def _make_searcher(sampler: str | Searcher, heartbeat: float | None = None) -> Searcher:
+    """The searcher a ``sampler`` names: a registered entry (``"optuna:nsga2"``, ``"predictor"``) or an older name
+    of one (``"nsga2"``, ``"nni-grid"``); a :class:`Searcher` is used as it is."""
     if isinstance(sampler, Searcher):
         return sampler
-    if sampler in OPTUNA_SAMPLERS:
-        extra = {} if heartbeat is None else {"heartbeat_interval": heartbeat}
-        return get_searcher("optuna", sampler=sampler, **extra)
-    strategy = nni_strategy(sampler)
-    if strategy is not None:
-        return get_searcher("nni", strategy=strategy)
-    if sampler in list_searchers():
-        return get_searcher(sampler)
-    raise ConfigError(
-        f"unknown sampler {sampler!r}; choose one of {list(OPTUNA_SAMPLERS)} (Optuna), {list(NNI_SAMPLERS)} "
-        f"(NNI, needs nasforge[nni]) or a registered searcher {list_searchers()}"
-    )
+    entry = find_searcher(sampler)
+    if entry is None:
+        raise ConfigError(
+            f"unknown sampler {sampler!r}; choose one of {list(OPTUNA_SAMPLERS)} (Optuna), {list(NNI_SAMPLERS)} "
+            f"(NNI, needs nasforge[nni]) or a registered searcher {list_searchers()}"
+        )
+    extra = {} if heartbeat is None or not entry.takes_heartbeat else {"heartbeat_interval": heartbeat}
+    return entry.create(**extra)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from functools import partial
 
 import torch
 from torch import nn
@@ -32,20 +33,7 @@ def recalibrate_bn(model: nn.Module, batches: Iterable[torch.Tensor], max_images
         raise ValueError(f"recalibrate_bn got no images (max_images={max_images}); pass max_images >= 1")
     bns = [m for m in model.modules() if isinstance(m, _BatchNorm)]
     sums: dict[_BatchNorm, list[torch.Tensor | int]] = {}
-
-    def hook(m: _BatchNorm, inputs: tuple[torch.Tensor, ...]) -> None:
-        x = inputs[0].detach().double()
-        n = x.shape[0]
-        mean = x.mean((0, 2, 3))
-        var = x.var((0, 2, 3), unbiased=False)
-        if m in sums:
-            acc = sums[m]
-            acc[0] = acc[0] + mean * n  # type: ignore[operator]
-            acc[1] = acc[1] + var * n  # type: ignore[operator]
-            acc[2] = int(acc[2]) + n
-        else:
-            sums[m] = [mean * n, var * n, n]
-
+    hook = partial(_accumulate, sums)
     modes = {m: m.training for m in model.modules()}
     handles = [bn.register_forward_pre_hook(hook) for bn in bns]
     seen = 0
@@ -69,13 +57,32 @@ def recalibrate_bn(model: nn.Module, batches: Iterable[torch.Tensor], max_images
         seen = _reduce(bns, sums, reduce, seen)
     if seen == 0:
         raise ValueError("recalibrate_bn got no images; pass at least one non-empty batch")
+    _write_stats(sums)
+    return seen
+
+
+def _accumulate(sums: dict[_BatchNorm, list[torch.Tensor | int]], m: _BatchNorm,
+                inputs: tuple[torch.Tensor, ...]) -> None:
+    """Forward pre-hook of a BN layer: add the batch-size-weighted mean and biased variance of its input."""
+    x = inputs[0].detach().double()
+    n = x.shape[0]
+    mean = x.mean((0, 2, 3))
+    var = x.var((0, 2, 3), unbiased=False)
+    if m in sums:
+        acc = sums[m]
+        acc[0] = acc[0] + mean * n  # type: ignore[operator]
+        acc[1] = acc[1] + var * n  # type: ignore[operator]
+        acc[2] = int(acc[2]) + n
+    else:
+        sums[m] = [mean * n, var * n, n]
+
+
+def _write_stats(sums: dict[_BatchNorm, list[torch.Tensor | int]]) -> None:
+    """Set each BN's running statistics (its active channel slice) to the accumulated means."""
     for bn, (msum, vsum, n) in sums.items():
         c = msum.shape[0]  # type: ignore[union-attr]
         bn.running_mean[:c] = (msum / n).to(bn.running_mean.dtype)  # type: ignore[operator,index]
         bn.running_var[:c] = (vsum / n).to(bn.running_var.dtype)  # type: ignore[operator,index]
-    return seen
-
-
 
 
 def _reduce(bns: list[_BatchNorm], sums: dict[_BatchNorm, list[torch.Tensor | int]],

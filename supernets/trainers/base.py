@@ -143,24 +143,14 @@ class Trainer(ABC):
         steps_per_epoch = max(1, len(data.train) // cfg.batch_size)
         global_epoch = sum(p.epochs for p in phases[: at.phase]) + at.epoch
         if on_resume is not None and resume and (at.phase or at.epoch or at.step):
-            here = phases[min(at.phase, len(phases) - 1)]
-            on_resume({"phase": here.name, "phase_index": at.phase, "phase_epochs": here.epochs, "epoch": at.epoch,
-                       "step": at.step, "steps_per_epoch": steps_per_epoch, "global_epoch": global_epoch,
-                       "epochs": sum(p.epochs for p in phases)})
-        self._passes = dict(at.passes or (history[-1].get("passes", {}) if history else {}))
-        self.scaler = make_scaler(cfg.precision, ctx.device)
-        if self.scaler is not None and at.scaler_state:
-            self.scaler.load_state_dict(at.scaler_state)
-        self.optimizer = None
+            on_resume(_resume_info(at, phases, steps_per_epoch, global_epoch))
+        self._restore_loop_state(at, history, ctx)
         for p in range(at.phase, len(phases)):
             phase, here = phases[p], p == at.phase
             first = at.epoch if here else 0
             self.start_phase(net, p, phase, fresh=first == 0 and not (here and at.step), checkpoint_dir=ckpt_dir)
-            if self.optimizer is None or not self.keep_optimizer:
-                self.optimizer = build_optimizer(net, name=cfg.optimizer, lr=phase.lr, momentum=cfg.momentum,
-                                                 weight_decay=cfg.weight_decay)
-            if here and at.optimizer is not None and (first > 0 or at.step > 0 or self.keep_optimizer):
-                self.optimizer.load_state_dict(at.optimizer)
+            self._phase_optimizer(net, phase, at if here and (first > 0 or at.step > 0 or self.keep_optimizer)
+                                  else None)
             for epoch in range(first, phase.epochs):
                 resumed = here and epoch == first
                 job = EpochJob(net, model, self.optimizer, data, ctx, phase.space(net.space), phase, p, epoch,
@@ -180,6 +170,23 @@ class Trainer(ABC):
             self.end_phase(net, p, phase)
         net.set_active(net.space.largest())
         return history
+
+    def _restore_loop_state(self, at: ResumePoint, history: list[dict[str, Any]], ctx: DistContext) -> None:
+        """Subnet pass counts and the gradient scaler from the resume point; no optimizer yet."""
+        self._passes = dict(at.passes or (history[-1].get("passes", {}) if history else {}))
+        self.scaler = make_scaler(self.config.precision, ctx.device)
+        if self.scaler is not None and at.scaler_state:
+            self.scaler.load_state_dict(at.scaler_state)
+        self.optimizer = None
+
+    def _phase_optimizer(self, net: Supernet, phase: Phase, at: ResumePoint | None) -> None:
+        """A fresh optimizer for ``phase`` (unless one is kept across phases), loaded from ``at`` if given."""
+        cfg = self.config
+        if self.optimizer is None or not self.keep_optimizer:
+            self.optimizer = build_optimizer(net, name=cfg.optimizer, lr=phase.lr, momentum=cfg.momentum,
+                                             weight_decay=cfg.weight_decay)
+        if at is not None and at.optimizer is not None:
+            self.optimizer.load_state_dict(at.optimizer)
 
     def _check_fit(self, net: Supernet, ctx: DistContext) -> None:
         cfg = self.config
@@ -202,6 +209,14 @@ class Trainer(ABC):
         BN recalibration, computed jointly by the processes of ``ctx`` (every one of them must call it)."""
         ctx = ctx or DistContext(device=device or torch.device("cpu"))
         return validate_corners(net, data, space, ctx, self.config.calib_images)
+
+
+def _resume_info(at: ResumePoint, phases: list[Phase], steps_per_epoch: int, global_epoch: int) -> dict[str, Any]:
+    """What ``on_resume`` hears: where in the schedule a resumed fit continues."""
+    here = phases[min(at.phase, len(phases) - 1)]
+    return {"phase": here.name, "phase_index": at.phase, "phase_epochs": here.epochs, "epoch": at.epoch,
+            "step": at.step, "steps_per_epoch": steps_per_epoch, "global_epoch": global_epoch,
+            "epochs": sum(p.epochs for p in phases)}
 
 
 class _Saver:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager as ContextManager
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -82,58 +84,104 @@ def distill_step(
     betas = [1.0] * len(archs) if weights is None else [float(w) for w in weights]
     if len(betas) != len(archs):
         raise ValueError(f"{len(betas)} weights for {len(archs)} subnets")
-    params = [p for p in net.parameters() if p.requires_grad] if aggregation == "mean" else []
-    before: list[torch.Tensor | None] = [None] * len(params)
-    touched: list[list[torch.Tensor | None]] = [[None] * len(params) for _ in archs]
-    model = model if model is not None else net
     if loss_fn is None:
-        def loss_fn(i: int, logits: torch.Tensor, t: torch.Tensor, tl: torch.Tensor | None) -> torch.Tensor:
-            return distill_loss(logits, t, tl, label_smoothing, kd_weight)
-    def amp() -> ContextManager[Any]:
-        return torch.autocast(x.device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
-
+        loss_fn = partial(_default_loss, label_smoothing=label_smoothing, kd_weight=kd_weight)
+    run = _StepRun(net, model if model is not None else net, archs, betas, loss_fn, teacher, inplace_teacher,
+                   no_sync, step_seed, first_chunk, resolution_of, amp_dtype, scaler, before_subnet,
+                   [p for p in net.parameters() if p.requires_grad] if aggregation == "mean" else [])
     optimizer.zero_grad(set_to_none=True)
-    chunks = list(zip(x.chunk(micro_batches), y.chunk(micro_batches), strict=True))
-    total = 0.0
-    n_backward = len(chunks) * len(archs)
-    done = 0
-    for c, (xc, yc) in enumerate(chunks):
-        share = xc.shape[0] / x.shape[0]
-        teacher_logits = None
-        if teacher is not None:
-            if step_seed is not None:  # the teacher runs in train mode: its dropout draws from this seed
-                torch.manual_seed(step_seed * 1_000_003 + (first_chunk + c) * 101 + 100)
-            teacher.train()
-            with torch.no_grad(), amp():
-                teacher_logits = teacher(xc)
-        for i, arch in enumerate(archs):
-            if step_seed is not None:
-                torch.manual_seed(step_seed * 1_000_003 + (first_chunk + c) * 101 + i)
-            net.set_active(arch)
-            if before_subnet is not None:
-                before_subnet(i, arch)
-            inp = resize(xc, resolution_of(arch)) if resolution_of is not None else xc
-            done += 1
-            ctx = no_sync() if (no_sync is not None and done < n_backward) else contextlib.nullcontext()
-            with ctx:
-                with amp():
-                    logits = model(inp)
-                    loss = loss_fn(i, logits, yc, teacher_logits)
-                scaled = loss * (share * betas[i])
-                (scaler.scale(scaled) if scaler is not None else scaled).backward()
-            total += float(loss.detach()) * share * betas[i]
-            if params:
-                _mark_touched(params, before, touched[i])
-            if inplace_teacher and i == 0:
-                teacher_logits = logits.detach()
-    if params:
-        _average(params, touched, betas)
+    total = run.accumulate(x, y, micro_batches)
     if scaler is not None:
         scaler.step(optimizer)
         scaler.update()
     else:
         optimizer.step()
     return total
+
+
+def _default_loss(i: int, logits: torch.Tensor, t: torch.Tensor, tl: torch.Tensor | None, *,
+                  label_smoothing: float, kd_weight: float) -> torch.Tensor:
+    return distill_loss(logits, t, tl, label_smoothing, kd_weight)
+
+
+@dataclass
+class _StepRun:
+    """The gradient accumulation of one :func:`distill_step` (its arguments, and the touched-element masks of
+    the ``mean`` aggregation, whose ``params`` are empty for ``sum``)."""
+
+    net: Supernet
+    model: nn.Module
+    archs: Sequence[Architecture]
+    betas: list[float]
+    loss_fn: LossFn
+    teacher: nn.Module | None
+    inplace_teacher: bool
+    no_sync: Callable[[], ContextManager[None]] | None
+    step_seed: int | None
+    first_chunk: int
+    resolution_of: Callable[[Architecture], int] | None
+    amp_dtype: torch.dtype | None
+    scaler: torch.amp.GradScaler | None
+    before_subnet: Callable[[int, Architecture], None] | None
+    params: list[nn.Parameter]
+
+    def amp(self, device_type: str) -> ContextManager[Any]:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type, dtype=self.amp_dtype)
+
+    def accumulate(self, x: torch.Tensor, y: torch.Tensor, micro_batches: int) -> float:
+        """Backward every subnet on every micro-batch; returns the weighted sum of the subnets' losses."""
+        before: list[torch.Tensor | None] = [None] * len(self.params)
+        touched: list[list[torch.Tensor | None]] = [[None] * len(self.params) for _ in self.archs]
+        chunks = list(zip(x.chunk(micro_batches), y.chunk(micro_batches), strict=True))
+        total = 0.0
+        n_backward = len(chunks) * len(self.archs)
+        done = 0
+        for c, (xc, yc) in enumerate(chunks):
+            share = xc.shape[0] / x.shape[0]
+            teacher_logits = self._teach(xc, c, x.device.type)
+            for i, arch in enumerate(self.archs):
+                done += 1
+                loss, logits = self._backward(i, arch, c, xc, yc, teacher_logits, share, x.device.type,
+                                              last=done >= n_backward)
+                total += float(loss.detach()) * share * self.betas[i]
+                if self.params:
+                    _mark_touched(self.params, before, touched[i])
+                if self.inplace_teacher and i == 0:
+                    teacher_logits = logits.detach()
+        if self.params:
+            _average(self.params, touched, self.betas)
+        return total
+
+    def _teach(self, xc: torch.Tensor, c: int, device_type: str) -> torch.Tensor | None:
+        """The teacher's logits of chunk ``c`` (train mode, no grad), or None without a teacher."""
+        if self.teacher is None:
+            return None
+        if self.step_seed is not None:  # the teacher runs in train mode: its dropout draws from this seed
+            torch.manual_seed(self.step_seed * 1_000_003 + (self.first_chunk + c) * 101 + 100)
+        self.teacher.train()
+        with torch.no_grad(), self.amp(device_type):
+            return self.teacher(xc)
+
+    def _backward(self, i: int, arch: Architecture, c: int, xc: torch.Tensor, yc: torch.Tensor,
+                  teacher_logits: torch.Tensor | None, share: float, device_type: str, *, last: bool
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward and backward subnet ``i`` on chunk ``c``; returns its (unscaled) loss and its logits."""
+        if self.step_seed is not None:
+            torch.manual_seed(self.step_seed * 1_000_003 + (self.first_chunk + c) * 101 + i)
+        self.net.set_active(arch)
+        if self.before_subnet is not None:
+            self.before_subnet(i, arch)
+        inp = resize(xc, self.resolution_of(arch)) if self.resolution_of is not None else xc
+        ctx = self.no_sync() if (self.no_sync is not None and not last) else contextlib.nullcontext()
+        with ctx:
+            with self.amp(device_type):
+                logits = self.model(inp)
+                loss = self.loss_fn(i, logits, yc, teacher_logits)
+            scaled = loss * (share * self.betas[i])
+            (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+        return loss, logits
 
 
 def _mark_touched(params: list[nn.Parameter], before: list[torch.Tensor | None],
