@@ -37,7 +37,7 @@ def _criteria() -> list[str]:
     """The registered criteria (imports PyTorch: called only when ``--criterion`` is checked)."""
     from nasforge.prune import list_criteria
 
-    return [*list_criteria(), "gmn"]
+    return list_criteria(include_metanet=True)
 
 
 def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:

@@ -183,8 +183,7 @@ def run_prune_job(job: PruneJob, log: Callable[[str], None] = print) -> dict[str
     from nasforge.prune import get_criterion, parse_target
 
     parse_target(job.target)  # fail before any loading or training
-    if job.criterion != "gmn":
-        get_criterion(job.criterion)
+    get_criterion(job.criterion)
     with run_lock(job.out, "nasforge prune"):
         return _run_locked(job, log)
 
@@ -203,8 +202,7 @@ def _run_locked(job: PruneJob, log: Callable[[str], None]) -> dict[str, Any]:
     example = data.val.head(2)
     acc: dict[str, float] = {"before": evaluate_accuracy(src.model, data.val)}
     log(f"{src.description}: validation accuracy {acc['before']:.4f}")
-    needs_grad = job.criterion != "gmn" and get_criterion(job.criterion).needs_grad
-    loss_fn = make_loss_fn(data.train, seed=job.seed) if needs_grad else None
+    loss_fn = make_loss_fn(data.train, seed=job.seed) if get_criterion(job.criterion).needs_grad else None
     pruned_acc: dict[str, float] = {}
 
     def on_step(k: int, step: Any, model: nn.Module) -> None:

@@ -5,7 +5,8 @@ Every public name of ``nasforge.prune`` is listed here; the implementation lives
 Pruning: :func:`prune` removes whole channel groups (coupled through residual adds, concat, split, grouped and
 depthwise convs, attention heads) from a copy of a model until a MACs, params or measured-latency target is met,
 ranking groups by a registered criterion (:func:`list_criteria`: ``l1``, ``l2``, ``taylor``, ``bn-scale``,
-``lamp``, ``random``; ``gmn`` adds the graph metanetwork). It is built on Torch-Pruning's dependency graph;
+``lamp``, ``random``; with ``include_metanet=True`` also ``gmn``, which rewrites the weights with the graph
+metanetwork first and needs one). It is built on Torch-Pruning's dependency graph;
 patterns Torch-Pruning mishandles are found by probing and left alone (or refused). :func:`save_pruned` /
 :func:`load_pruned` store a pruned model as plain data (base model, pruning history, tensors).
 

@@ -12,14 +12,11 @@ from torch import nn
 
 from nasforge.errors import ConfigError
 
-from ._criteria import get_criterion
+from ._criteria import Criterion, get_criterion
 from ._engine import PruneError, PruneStep, find_unsupported, output_layers, prune_to, resolve_ignored
 from ._target import Target, model_macs, model_params, parse_target
 
 __all__ = ["PruneReport", "prune", "layer_widths"]
-
-GMN = "gmn"
-
 
 @dataclass
 class PruneReport:
@@ -129,22 +126,80 @@ def _ignored(model: nn.Module, example: torch.Tensor, ignore: Iterable[str], uns
     return reasons
 
 
+@dataclass
+class _Before:
+    """What the unpruned model measures: widths, MACs, params and (when measured) latency."""
+
+    widths: dict[str, int]
+    macs: int
+    params: int
+    latency_ms: float | None
+
+    @classmethod
+    def of(cls, model: nn.Module, example: torch.Tensor, latency: Callable[[nn.Module], float] | None) -> _Before:
+        widths, macs, params = layer_widths(model), model_macs(model, example), model_params(model)
+        return cls(widths, macs, params, latency(model) if latency is not None else None)
+
+    def value(self, kind: str) -> float:
+        """The measure a target of ``kind`` is relative to."""
+        base = {"macs": float(self.macs), "params": float(self.params)}.get(kind, self.latency_ms)
+        assert base is not None  # _measure_fn refused a latency target without a latency measure
+        return base
+
+
+def _check_options(criterion: str, unsupported: str, steps: int, metanet: Any) -> Criterion:
+    """The criterion called ``criterion``, after checking the options :func:`prune` validates up front."""
+    if unsupported not in ("skip", "error"):
+        raise ConfigError(f"unsupported={unsupported!r}; use 'skip' or 'error'")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ConfigError(f"steps={steps!r} must be a positive integer")
+    crit = get_criterion(criterion)
+    if crit.needs_metanet and metanet is None:
+        raise ConfigError(f"criterion {crit.name!r} needs a trained metanetwork: pass metanet=FILE (nasforge prune "
+                          "meta-train writes one)")
+    return crit
+
+
+def _prepare(work: nn.Module, crit: Criterion, metanet: Any, example: torch.Tensor,
+             finetune: Callable[[nn.Module], None] | None) -> dict[str, Any]:
+    """Run the criterion's ``prepare`` (then ``finetune``) on ``work``; the report extras it returns."""
+    if crit.prepare is None:
+        return {}
+    extra = dict(crit.prepare(work, metanet, example))
+    if finetune is not None:
+        finetune(work)
+    return extra
+
+
+def _prune_steps(work: nn.Module, example: torch.Tensor, crit: Criterion, base: float, goal: float, steps: int,
+                 measure: Callable[[nn.Module], float], options: dict[str, Any],
+                 finetune: Callable[[nn.Module], None] | None,
+                 on_step: Callable[[int, PruneStep, nn.Module], None] | None
+                 ) -> tuple[nn.Module, list[list[Any]], list[dict[str, Any]]]:
+    """Reach ``goal`` in ``steps`` geometric steps; the model, the history and one record per step."""
+    history: list[list[Any]] = []
+    records: list[dict[str, Any]] = []
+    current = base  # pruning changes the measure; the metanetwork and finetuning do not (same structure)
+    for k in range(1, steps + 1):
+        step_goal = base * (goal / base) ** (k / steps)
+        work, step = prune_to(work, example, crit, step_goal, measure, base=current, **options)
+        current = step.reached
+        history += [list(h) for h in step.history]
+        records.append({"step": k, "ratio": step.ratio, "goal": step.goal, "reached": step.reached,
+                        "attempts": step.attempts, "round_to_dropped": step.round_to_dropped})
+        if on_step is not None:
+            on_step(k, step, work)
+        if finetune is not None:
+            finetune(work)
+    return work, history, records
+
+
 def prune(
-    model: nn.Module,
-    example_inputs: torch.Tensor,
-    *,
-    target: str | Target = "macs=0.5",
-    criterion: str = "l2",
-    global_pruning: bool = True,
-    ignore: Iterable[str] = (),
-    steps: int = 1,
-    finetune: Callable[[nn.Module], None] | None = None,
-    loss_fn: Callable[[nn.Module], torch.Tensor] | None = None,
-    metanet: Any = None,
-    latency: str | Callable[[nn.Module], float] | None = None,
-    unsupported: str = "skip",
-    tolerance: float = 0.02,
-    round_to: int | None = None,
+    model: nn.Module, example_inputs: torch.Tensor, *, target: str | Target = "macs=0.5", criterion: str = "l2",
+    global_pruning: bool = True, ignore: Iterable[str] = (), steps: int = 1,
+    finetune: Callable[[nn.Module], None] | None = None, loss_fn: Callable[[nn.Module], torch.Tensor] | None = None,
+    metanet: Any = None, latency: str | Callable[[nn.Module], float] | None = None, unsupported: str = "skip",
+    tolerance: float = 0.02, round_to: int | None = None,
     on_step: Callable[[int, PruneStep, nn.Module], None] | None = None,
 ) -> tuple[nn.Module, PruneReport]:
     """Structured pruning of a copy of ``model`` to ``target``; ``model`` itself is left unchanged.
@@ -154,8 +209,8 @@ def prune(
         example_inputs: one input batch to trace the network with.
         target: ``macs=0.5`` / ``macs=2x`` (keep half the MACs), ``params=0.3``, or ``latency_ms=3`` (needs
             ``latency``). Met from below within ``tolerance`` (relative) where the channel granularity allows.
-        criterion: one of :func:`list_criteria`, or ``"gmn"`` (the graph metanetwork rewrites the weights first,
-            then group-L2 pruning; needs ``metanet``).
+        criterion: one of :func:`list_criteria` (``include_metanet=True``): ``"gmn"`` (the graph metanetwork
+            rewrites the weights first, then group-L2 pruning) needs ``metanet``.
         global_pruning: rank channel groups across layers (``True``) or prune every layer by the same ratio.
         ignore: fnmatch patterns of module names to leave alone (the output layer always is).
         steps: iterative pruning: the target is reached in ``steps`` geometric steps, ``finetune`` after each.
@@ -177,57 +232,25 @@ def prune(
         ConfigError: a bad argument (the message names it and the fix).
         PruneError: the target is out of reach, or a layer cannot be pruned safely with ``unsupported="error"``.
     """
-    example = _check_example(example_inputs)
-    tgt = parse_target(target)
-    if unsupported not in ("skip", "error"):
-        raise ConfigError(f"unsupported={unsupported!r}; use 'skip' or 'error'")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ConfigError(f"steps={steps!r} must be a positive integer")
-    use_gmn = criterion == GMN
-    crit = get_criterion("l2" if use_gmn else criterion)
-    if use_gmn and metanet is None:
-        raise ConfigError("criterion 'gmn' needs a trained metanetwork: pass metanet=FILE (nasforge prune "
-                          "meta-train writes one)")
-    work = copy.deepcopy(model)
-    latency_fn, device = _resolve_latency(latency, example)
+    example, tgt = _check_example(example_inputs), parse_target(target)
+    crit = _check_options(criterion, unsupported, steps, metanet)
+    work, (latency_fn, device) = copy.deepcopy(model), _resolve_latency(latency, example)
     measure = _measure_fn(tgt, example, latency_fn)
-    widths_before = layer_widths(work)
-    macs0, params0 = model_macs(work, example), model_params(work)
-    lat0 = latency_fn(work) if latency_fn is not None else None
+    before = _Before.of(work, example, latency_fn)
     reasons = _ignored(work, example, ignore, unsupported)
-    base = {"macs": float(macs0), "params": float(params0)}.get(tgt.kind, lat0)
-    assert base is not None  # _measure_fn refused a latency target without a latency measure
+    base = before.value(tgt.kind)
     goal = tgt.goal(base)
-    extra: dict[str, Any] = {}
-    if use_gmn:
-        from ._gmn import apply_metanet
-
-        extra["metanet"] = apply_metanet(work, metanet, example)
-        if finetune is not None:
-            finetune(work)
-    history: list[list[Any]] = []
-    records: list[dict[str, Any]] = []
-    current = base  # pruning changes the measure; the metanetwork and finetuning do not (same structure)
-    for k in range(1, steps + 1):
-        step_goal = base * (goal / base) ** (k / steps)
-        work, step = prune_to(work, example, crit, step_goal, measure, ignored=list(reasons),
-                              global_pruning=global_pruning, loss_fn=loss_fn, round_to=round_to,
-                              tolerance=tolerance, base=current)
-        current = step.reached
-        history += [list(h) for h in step.history]
-        records.append({"step": k, "ratio": step.ratio, "goal": step.goal, "reached": step.reached,
-                        "attempts": step.attempts, "round_to_dropped": step.round_to_dropped})
-        if on_step is not None:
-            on_step(k, step, work)
-        if finetune is not None:
-            finetune(work)
+    extra = _prepare(work, crit, metanet, example, finetune)
+    options = {"ignored": list(reasons), "global_pruning": global_pruning, "loss_fn": loss_fn, "round_to": round_to,
+               "tolerance": tolerance}
+    work, history, records = _prune_steps(work, example, crit, base, goal, steps, measure, options, finetune, on_step)
     after = layer_widths(work)
     lat1 = latency_fn(work) if latency_fn is not None else None
     report = PruneReport(
         target=str(tgt), criterion=criterion, global_pruning=global_pruning, goal=goal,
         reached=lat1 if tgt.kind == "latency_ms" else records[-1]["reached"],
-        macs_before=macs0, macs_after=model_macs(work, example), params_before=params0,
-        params_after=model_params(work), latency_before_ms=lat0, latency_after_ms=lat1, device=device,
-        ignored=reasons, widths={n: [widths_before[n], after.get(n, 0)] for n in widths_before}, steps=records,
+        macs_before=before.macs, macs_after=model_macs(work, example), params_before=before.params,
+        params_after=model_params(work), latency_before_ms=before.latency_ms, latency_after_ms=lat1, device=device,
+        ignored=reasons, widths={n: [before.widths[n], after.get(n, 0)] for n in before.widths}, steps=records,
         history=history, extra=extra)
     return work, report

@@ -1,4 +1,8 @@
-"""Importance criteria: which channel groups to remove first. A registry of Torch-Pruning importance factories."""
+"""Importance criteria: which channel groups to remove first. A registry of Torch-Pruning importance factories.
+
+An entry may also rewrite the model before it is ranked (``prepare``): ``gmn`` runs the graph metanetwork
+(``needs_metanet``), then ranks by group L2. :func:`nasforge.prune.prune` treats every entry alike.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from nasforge.registry import Registry
+
+Prepare = Callable[[Any, Any, Any], dict[str, Any]]
+"""``prepare(model, metanet, example) -> dict`` (the extras go into :attr:`PruneReport.extra`)."""
 
 __all__ = ["Criterion", "register_criterion", "list_criteria", "get_criterion"]
 
@@ -20,26 +27,40 @@ class Criterion:
         make: builds the Torch-Pruning importance object.
         needs_grad: the criterion reads ``param.grad`` (a loss must be back-propagated before each pruning step).
         description: one line for ``--help`` and docs.
+        needs_metanet: ``prepare`` needs a trained graph metanetwork (``metanet=``; the CLI's ``--metanet``).
+        prepare: ``prepare(model, metanet, example) -> report extras`` rewrites the model's weights in place
+            before pruning (structure unchanged); None ranks the model as it is.
     """
 
     name: str
     make: Callable[[], Any]
     needs_grad: bool = False
     description: str = ""
+    needs_metanet: bool = False
+    prepare: Prepare | None = None
 
 
 _CRITERIA: Registry[Criterion] = Registry("pruning criterion")
 
 
-def register_criterion(name: str, make: Callable[[], Any], *, needs_grad: bool = False,
-                       description: str = "") -> Criterion:
-    """Register a criterion; ``make()`` returns a ``torch_pruning.importance.Importance``."""
-    return _CRITERIA.add(name, Criterion(name, make, needs_grad, description))
+def register_criterion(name: str, make: Callable[[], Any], *, needs_grad: bool = False, description: str = "",
+                       needs_metanet: bool = False, prepare: Prepare | None = None) -> Criterion:
+    """Register a criterion; ``make()`` returns a ``torch_pruning.importance.Importance``.
+
+    ``prepare`` and ``needs_metanet`` are described on :class:`Criterion`.
+    """
+    return _CRITERIA.add(name, Criterion(name, make, needs_grad, description, needs_metanet, prepare))
 
 
-def list_criteria() -> list[str]:
-    """Names of the registered criteria (``gmn`` is handled by :func:`nasforge.prune.prune` on top of ``l2``)."""
-    return _CRITERIA.names()
+def list_criteria(*, include_metanet: bool = False) -> list[str]:
+    """Names of the registered criteria, sorted.
+
+    Args:
+        include_metanet: also list those that need a trained metanetwork (``gmn``), after the others.
+    """
+    names = _CRITERIA.names()
+    plain = [n for n in names if not _CRITERIA.get(n).needs_metanet]
+    return plain + [n for n in names if n not in plain] if include_metanet else plain
 
 
 def get_criterion(name: str) -> Criterion:
@@ -65,3 +86,14 @@ register_criterion("lamp", lambda: _tp().importance.LAMPImportance(p=2),
                    description="layer-adaptive magnitude (LAMP) scores, comparable across layers")
 register_criterion("random", lambda: _tp().importance.RandomImportance(),
                    description="random groups (a baseline)")
+
+
+def _apply_metanet(model: Any, metanet: Any, example: Any) -> dict[str, Any]:
+    from ._gmn import apply_metanet
+
+    return {"metanet": apply_metanet(model, metanet, example)}
+
+
+register_criterion("gmn", lambda: _tp().importance.GroupMagnitudeImportance(p=2), needs_metanet=True,
+                   prepare=_apply_metanet,
+                   description="graph metanetwork rewrites the weights, then group L2 (needs --metanet)")

@@ -251,6 +251,28 @@ def _prune_copy(model: nn.Module, example: torch.Tensor, criterion: Criterion, r
     return pruned, [(str(n), bool(o), [int(i) for i in idx]) for n, o, idx in pruner.pruning_history()]
 
 
+_Attempt = tuple[nn.Module, History, float]
+
+
+def _bisect(attempt: Callable[[float], _Attempt], goal: float, tolerance: float, refine: int, lo: float,
+            best: _Attempt, best_ratio: float) -> tuple[_Attempt, float]:
+    """Bisect the ratio between ``lo`` (misses the goal) and ``best_ratio`` (meets it) for a result closer to
+    the goal (within ``tolerance`` below it), ``refine`` tries at most; the best result and its ratio."""
+    hi = best_ratio
+    for _ in range(refine):
+        if best[2] >= goal * (1 - tolerance):
+            break
+        mid = (lo + hi) / 2
+        result = attempt(mid)
+        if result[2] <= goal:
+            if result[2] > best[2]:
+                best, best_ratio = result, mid
+            hi = mid
+        else:
+            lo = mid
+    return best, best_ratio
+
+
 def prune_to(model: nn.Module, example: torch.Tensor, criterion: Criterion, goal: float,
              measure: Callable[[nn.Module], float], *, ignored: Sequence[str] = (), global_pruning: bool = True,
              loss_fn: Callable[[nn.Module], torch.Tensor] | None = None, round_to: int | None = None,
@@ -272,7 +294,7 @@ def prune_to(model: nn.Module, example: torch.Tensor, criterion: Criterion, goal
         return copy.deepcopy(model), PruneStep(0.0, goal, base, 0)
     attempts = 0
 
-    def attempt(ratio: float) -> tuple[nn.Module, History, float]:
+    def attempt(ratio: float) -> _Attempt:
         nonlocal attempts
         attempts += 1
         pruned, hist = _prune_copy(model, example, criterion, ratio, ignored, global_pruning, loss_fn, round_to)
@@ -298,18 +320,7 @@ def prune_to(model: nn.Module, example: torch.Tensor, criterion: Criterion, goal
         raise PruneError(f"the target is out of reach: the smallest model pruning can reach here measures "
                          f"{smallest:.4g} > {goal:.4g}; relax the target, lower round_to, or prune fewer layers "
                          "with ignore=")
-    hi = best_ratio
-    for _ in range(refine):
-        if best[2] >= goal * (1 - tolerance):
-            break
-        mid = (lo + hi) / 2
-        result = attempt(mid)
-        if result[2] <= goal:
-            if result[2] > best[2]:
-                best, best_ratio = result, mid
-            hi = mid
-        else:
-            lo = mid
+    best, best_ratio = _bisect(attempt, goal, tolerance, refine, lo, best, best_ratio)
     pruned, hist, value = best
     return pruned, PruneStep(best_ratio, goal, value, attempts, hist)
 

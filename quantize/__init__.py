@@ -12,6 +12,9 @@ before and after on the chosen device. Settings are a :class:`QuantConfig`:
 - ``target="tensorrt"``: the symmetric int8 Q/DQ graph TensorRT's explicit quantization wants (TensorRT 11 reads
   the precision from it; TensorRT 10 builds it with the INT8 flag).
 
+Methods and targets are plug-in families, one base and one registry each: :class:`QuantMethod`
+(:func:`list_methods`, the ``--method`` names) and :class:`QuantTarget` (:func:`list_targets`, ``--target``).
+
 ``reduce_range`` (7-bit weights) is decided from the target's CPU flags (:func:`choose_reduce_range`): on for x86
 without VNNI, where onnxruntime's u8s8 kernels can saturate, off elsewhere.
 """
@@ -26,7 +29,9 @@ from ._capabilities import RangeDecision, choose_reduce_range, device_fingerprin
 from ._checks import OutputCheck, check_outputs, relative_l2, run_onnx
 from ._config import CALIBRATIONS, METHODS, TARGETS, QuantConfig
 from ._inputs import fit_inputs
+from ._methods import QuantJob, QuantMethod, get_method, list_methods, register_method
 from ._ort import ensure_onnx_path, linear_mac_share, quantize_onnx
+from ._targets import QuantTarget, get_target, list_targets, register_target
 from ._trt import tensorrt_plans, tensorrt_qdq_problems
 
 if TYPE_CHECKING:
@@ -40,6 +45,9 @@ __all__ = [
     "TARGETS",
     "OutputCheck",
     "QuantConfig",
+    "QuantJob",
+    "QuantMethod",
+    "QuantTarget",
     "QuantReport",
     "RangeDecision",
     "check_outputs",
@@ -47,13 +55,19 @@ __all__ = [
     "decide_range",
     "device_fingerprint",
     "fit_inputs",
+    "get_method",
+    "get_target",
     "has_vnni",
     "linear_mac_share",
+    "list_methods",
+    "list_targets",
     "prepare_qat",
     "qat_finetune",
     "quantize",
     "quantize_onnx",
     "read_report",
+    "register_method",
+    "register_target",
     "relative_l2",
     "report_paths",
     "run_onnx",

@@ -21,7 +21,9 @@ from ._capabilities import RangeDecision, choose_reduce_range, device_fingerprin
 from ._checks import OutputCheck, check_outputs
 from ._config import QuantConfig
 from ._inputs import fit_inputs
+from ._methods import QuantJob, QuantMethod, get_method
 from ._ort import ensure_onnx_path, quantize_onnx
+from ._targets import get_target
 
 if TYPE_CHECKING:
     import torch
@@ -131,8 +133,9 @@ def _resolve_device(device: str | Device | None, devices_file: str | Path | None
 
 def decide_range(config: QuantConfig, device: Device | None, fingerprint: dict[str, Any] | None) -> RangeDecision:
     """The ``reduce_range`` of this quantization: the user's, else from the target's fingerprint."""
-    if config.target == "tensorrt":
-        return RangeDecision(False, "target tensorrt: full 8-bit symmetric weights")
+    fixed = get_target(config.target).fixed_range()
+    if fixed is not None:
+        return fixed
     if config.reduce_range is not None:
         return RangeDecision(config.reduce_range, "set explicitly")
     backend = "ort-cpu"
@@ -184,20 +187,10 @@ def _measure(device: Device, fp32: Path, int8: Path, batches: Sequence[int],
 
 
 def quantize(
-    model: str | Path,
-    out: str | Path,
-    *,
-    data: DataSplits | None = None,
-    config: QuantConfig | None = None,
-    device: str | Device | None = "cpu",
-    devices_file: str | Path | None = None,
-    batches: Sequence[int] = (1,),
-    check_samples: int = 1000,
-    fingerprint: dict[str, Any] | None = None,
-    torch_model: torch.nn.Module | None = None,
-    qat_options: dict[str, Any] | None = None,
-    write_report: bool = True,
-    log: Callable[[str], None] | None = None,
+    model: str | Path, out: str | Path, *, data: DataSplits | None = None, config: QuantConfig | None = None,
+    device: str | Device | None = "cpu", devices_file: str | Path | None = None, batches: Sequence[int] = (1,),
+    check_samples: int = 1000, fingerprint: dict[str, Any] | None = None, torch_model: torch.nn.Module | None = None,
+    qat_options: dict[str, Any] | None = None, write_report: bool = True, log: Callable[[str], None] | None = None,
 ) -> QuantReport:
     """Quantize the FP32 ONNX file ``model`` to INT8 at ``out``, check it and measure it.
 
@@ -229,57 +222,55 @@ def quantize(
     started = time.perf_counter()
     config = config or QuantConfig()
     say = log or (lambda _msg: None)
-    src, dst = Path(model), Path(out)
-    proto = ensure_onnx_path(src)
-    if dst.suffix != ".onnx":
-        raise ConfigError(f"--out {dst} should be an .onnx file (e.g. model.int8.onnx)")
-    if dst.resolve() == src.resolve():
-        raise ConfigError(f"--out {dst} is the input file; write the INT8 model to another file")
-    spec = single_input_spec(proto, src)
-    if config.method in ("static", "qat") and data is None:
-        raise ConfigError(f"--method {config.method} needs calibration data; pass --data SPEC (the task's dataset)")
-    if config.method == "qat" and torch_model is None:
-        raise ConfigError("--method qat finetunes the PyTorch model behind the ONNX file; pass it (the CLI "
-                          "takes --source: a pruned model.pt, RUN/subnets/K or zoo:NAME)")
+    src, dst, spec = _check_files(Path(model), Path(out))
+    method = get_method(config.method)
+    method.check(data, torch_model)
     dev = _resolve_device(device, devices_file)
     if dev is not None:
         batches = _runnable_batches(batches, spec.dims[0], src, say)
     decision = decide_range(config, dev, fingerprint)
     say(f"reduce_range={decision.reduce_range}: {decision.reason}")
+    job = QuantJob(src, dst, config, decision.reduce_range, spec.dims, data, torch_model, qat_options or {}, say)
     with file_lock(dst, "nasforge quantize"):  # one writer per INT8 file and its report
         remove_stale_temps(dst.parent)
-        calib, val_x, val_y = _check_inputs(data, config, spec, src, check_samples)
-        qat_record = None
-        fp32_for_int8 = src
-        if config.method == "qat":
-            from ._qat import qat_to_onnx
-
-            fp32_for_int8 = dst.with_name(dst.stem + ".qat-fp32.onnx")
-            qat_record = qat_to_onnx(torch_model, data, fp32_for_int8,  # type: ignore[arg-type]
-                                     reduce_range=decision.reduce_range, per_channel=config.per_channel,
-                                     example_shape=spec.dims, log=say, **(qat_options or {}))
-        say(f"quantizing {src.name} ({config.method}) ...")
-        result = quantize_onnx(fp32_for_int8, dst, config, reduce_range=decision.reduce_range, calib_x=calib)
-        check: OutputCheck = check_outputs(src, dst, val_x, val_y, factor=config.saturation_factor,
-                                           margin=config.saturation_margin, kernels=config.target != "tensorrt")
-        latency: dict[str, dict[str, float]] = {}
-        if dev is not None:
-            say(f"measuring FP32 and INT8 on {dev.name} ...")
-            latency = _measure(dev, src, dst, batches, spec.dims[0])
-        trt = None
-        if config.target == "tensorrt":
-            from ._trt import tensorrt_plans, tensorrt_qdq_problems
-
-            trt = {"problems": tensorrt_qdq_problems(dst), "plans": tensorrt_plans(dst)}
-        report = QuantReport(source=str(src), output=str(dst), config=config.to_dict(), method=result.method,
-                             range_decision=decision.to_dict(), settings=result.settings, check=check.to_dict(),
-                             latency=latency, device={} if dev is None else dev.to_dict(), tensorrt=trt,
-                             qat=qat_record, seconds=time.perf_counter() - started)
+        report = _run(job, method, spec, dev, batches, decision, check_samples)
+        report.seconds = time.perf_counter() - started
         if write_report:
             json_path, md_path = report_paths(dst)
             atomic_write_json(json_path, report.to_dict())
             atomic_write_text(md_path, report.to_markdown())
     return report
+
+
+def _check_files(src: Path, dst: Path) -> tuple[Path, Path, InputSpec]:
+    """Check the FP32 file and the output path; ``(src, dst, the model's input)``."""
+    proto = ensure_onnx_path(src)
+    if dst.suffix != ".onnx":
+        raise ConfigError(f"--out {dst} should be an .onnx file (e.g. model.int8.onnx)")
+    if dst.resolve() == src.resolve():
+        raise ConfigError(f"--out {dst} is the input file; write the INT8 model to another file")
+    return src, dst, single_input_spec(proto, src)
+
+
+def _run(job: QuantJob, method: QuantMethod, spec: InputSpec, dev: Device | None, batches: Sequence[int],
+         decision: RangeDecision, check_samples: int) -> QuantReport:
+    """Quantize, check and measure (the caller holds the lock on ``job.dst``); the report without timing."""
+    config, src, dst, say = job.config, job.src, job.dst, job.log
+    calib, val_x, val_y = _check_inputs(job.data, config, spec, src, check_samples)
+    fp32_for_int8, qat_record = method.fp32_source(job)
+    say(f"quantizing {src.name} ({config.method}) ...")
+    result = quantize_onnx(fp32_for_int8, dst, config, reduce_range=decision.reduce_range, calib_x=calib)
+    target = get_target(config.target)
+    check: OutputCheck = check_outputs(src, dst, val_x, val_y, factor=config.saturation_factor,
+                                       margin=config.saturation_margin, kernels=target.onnxruntime_kernels)
+    latency: dict[str, dict[str, float]] = {}
+    if dev is not None:
+        say(f"measuring FP32 and INT8 on {dev.name} ...")
+        latency = _measure(dev, src, dst, batches, spec.dims[0])
+    return QuantReport(source=str(src), output=str(dst), config=config.to_dict(), method=result.method,
+                       range_decision=decision.to_dict(), settings=result.settings, check=check.to_dict(),
+                       latency=latency, device={} if dev is None else dev.to_dict(), tensorrt=target.report(dst),
+                       qat=qat_record)
 
 
 def _check_inputs(data: DataSplits | None, config: QuantConfig, spec: InputSpec, src: Path, check_samples: int

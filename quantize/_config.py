@@ -8,6 +8,8 @@ from typing import Any
 
 from nasforge.errors import ConfigError
 
+from ._targets import get_target
+
 __all__ = ["ACTIVATION_TYPES", "CALIBRATIONS", "METHODS", "TARGETS", "QuantConfig"]
 
 METHODS = ("auto", "static", "dynamic", "qat")
@@ -69,13 +71,7 @@ class QuantConfig:
         if not (isinstance(self.saturation_factor, (int, float)) and self.saturation_factor >= 1.0):
             raise ConfigError(f"saturation_factor={self.saturation_factor!r} is invalid; pass a number >= 1")
         object.__setattr__(self, "exclude_nodes", tuple(self.exclude_nodes))
-        if self.target == "tensorrt":
-            if self.method == "dynamic":
-                raise ConfigError("TensorRT has no dynamic quantization; use method 'static' (or 'qat') with "
-                                  "target 'tensorrt'")
-            if self.reduce_range:
-                raise ConfigError("reduce_range is an onnxruntime x86 workaround; TensorRT wants full 8-bit "
-                                  "weights: drop reduce_range for target 'tensorrt'")
+        get_target(self.target).validate(self)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""

@@ -16,8 +16,10 @@ from nasforge.runlock import remove_stale_temps, temp_prefix
 
 from ._config import QuantConfig
 from ._inputs import ArrayReader
+from ._methods import get_method
+from ._targets import get_target
 
-__all__ = ["OrtQuantization", "linear_mac_share", "quantize_onnx"]
+__all__ = ["OrtQuantization", "linear_mac_share", "quantize_onnx", "write_dynamic", "write_static"]
 
 _CALIBRATE = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 
@@ -45,9 +47,7 @@ def linear_mac_share(model: Any) -> float:
 
 def resolve_method(config: QuantConfig, model: Any) -> str:
     """``static`` or ``dynamic`` (``auto``: dynamic when MatMul/Gemm hold most weights); ``qat`` ends as static."""
-    if config.method == "auto":
-        return "dynamic" if linear_mac_share(model) > 0.5 and config.target == "ort" else "static"
-    return "static" if config.method == "qat" else config.method
+    return get_method(config.method).resolve(config, model).name
 
 
 def _preprocess(src: Path, tmp: Path) -> Path:
@@ -60,6 +60,38 @@ def _preprocess(src: Path, tmp: Path) -> Path:
     except Exception as err:  # noqa: BLE001  onnxruntime raises bare Exception subclasses from many layers
         raise ExportError(f"cannot prepare '{src}' for quantization: {first_line(err)}") from err
     return out
+
+
+def write_dynamic(pre: Path, staged: Path, config: QuantConfig, *, reduce_range: bool) -> dict[str, Any]:
+    """onnxruntime's dynamic quantization (int8 weights) of ``pre`` into ``staged``; no settings to add."""
+    from onnxruntime import quantization as q
+
+    q.quantize_dynamic(str(pre), str(staged), per_channel=config.per_channel, reduce_range=reduce_range,
+                       weight_type=q.QuantType.QInt8, nodes_to_exclude=list(config.exclude_nodes))
+    return {}
+
+
+def write_static(pre: Path, staged: Path, config: QuantConfig, *, reduce_range: bool, calib_x: np.ndarray | None,
+                 input_name: str, fixed_batch: int | None) -> dict[str, Any]:
+    """onnxruntime's static Q/DQ quantization of ``pre`` into ``staged``, calibrated on ``calib_x``; the
+    calibration settings used."""
+    from onnxruntime import quantization as q
+
+    symmetric = get_target(config.target).symmetric
+    act = q.QuantType.QInt8 if symmetric or config.activation_type == "int8" else q.QuantType.QUInt8
+    extra: dict[str, Any] = {"CalibMovingAverage": False}
+    if config.calibration == "percentile":
+        extra["CalibPercentile"] = float(config.percentile)
+    if symmetric:  # e.g. TensorRT's explicit quantization: zero point 0, int8 both sides, float biases
+        extra.update(ActivationSymmetric=True, WeightSymmetric=True, QuantizeBias=False)
+    reader = ArrayReader(input_name, calib_x, fixed_batch=fixed_batch)  # type: ignore[arg-type]
+    q.quantize_static(str(pre), str(staged), reader, quant_format=q.QuantFormat.QDQ,
+                      per_channel=config.per_channel, reduce_range=reduce_range, activation_type=act,
+                      weight_type=q.QuantType.QInt8, nodes_to_exclude=list(config.exclude_nodes),
+                      calibrate_method=getattr(q.CalibrationMethod, _CALIBRATE[config.calibration]),
+                      extra_options=extra)
+    return {"calibration": config.calibration, "activation_type": act.name,
+            "calib_samples": int(len(calib_x)), "symmetric": symmetric}  # type: ignore[arg-type]
 
 
 def quantize_onnx(src: str | Path, dst: str | Path, config: QuantConfig, *, reduce_range: bool,
@@ -75,18 +107,15 @@ def quantize_onnx(src: str | Path, dst: str | Path, config: QuantConfig, *, redu
         ConfigError: static quantization without calibration data.
         ExportError: ``src`` is not a valid ONNX model, or onnxruntime fails to quantize it.
     """
-    from onnxruntime import quantization as q
-
     src, dst = Path(src), Path(dst)
     model = load_onnx(src, check=True)
     spec = single_input_spec(model, src)
-    method = resolve_method(config, model)
-    if method == "static" and (calib_x is None or len(calib_x) == 0):
-        raise ConfigError("static INT8 quantization needs calibration data; pass --data SPEC (or use --method "
-                          "dynamic)")
-    trt = config.target == "tensorrt"
-    settings: dict[str, Any] = {"method": method, "per_channel": config.per_channel, "reduce_range": reduce_range,
-                                "format": "QDQ" if method == "static" else "QOperator"}
+    method = get_method(config.method).resolve(config, model)
+    if method.calibrated and (calib_x is None or len(calib_x) == 0):
+        raise ConfigError(f"{method.name} INT8 quantization needs calibration data; pass --data SPEC (or use "
+                          "--method dynamic)")
+    settings: dict[str, Any] = {"method": method.name, "per_channel": config.per_channel,
+                                "reduce_range": reduce_range, "format": method.quant_format}
     folder = dst.parent if dst.parent.is_dir() else None  # else the system's: nothing is left next to dst
     if folder is not None:
         remove_stale_temps(folder)  # folders left by quantizations that were killed (never a live one's)
@@ -94,25 +123,9 @@ def quantize_onnx(src: str | Path, dst: str | Path, config: QuantConfig, *, redu
         pre = _preprocess(src, Path(tmp))
         staged = Path(tmp) / "int8.onnx"
         try:
-            if method == "dynamic":
-                q.quantize_dynamic(str(pre), str(staged), per_channel=config.per_channel, reduce_range=reduce_range,
-                                   weight_type=q.QuantType.QInt8, nodes_to_exclude=list(config.exclude_nodes))
-            else:
-                act = q.QuantType.QInt8 if trt or config.activation_type == "int8" else q.QuantType.QUInt8
-                extra: dict[str, Any] = {"CalibMovingAverage": False}
-                if config.calibration == "percentile":
-                    extra["CalibPercentile"] = float(config.percentile)
-                if trt:  # TensorRT's explicit quantization: symmetric, zero point 0, int8 both sides, float biases
-                    extra.update(ActivationSymmetric=True, WeightSymmetric=True, QuantizeBias=False)
-                fixed = spec.dims[0] if isinstance(spec.dims[0], int) else None
-                reader = ArrayReader(spec.name, calib_x, fixed_batch=fixed)  # type: ignore[arg-type]
-                q.quantize_static(str(pre), str(staged), reader, quant_format=q.QuantFormat.QDQ,
-                                  per_channel=config.per_channel, reduce_range=reduce_range, activation_type=act,
-                                  weight_type=q.QuantType.QInt8, nodes_to_exclude=list(config.exclude_nodes),
-                                  calibrate_method=getattr(q.CalibrationMethod, _CALIBRATE[config.calibration]),
-                                  extra_options=extra)
-                settings.update(calibration=config.calibration, activation_type=act.name,
-                                calib_samples=int(len(calib_x)), symmetric=trt)  # type: ignore[arg-type]
+            settings.update(method.write(pre, staged, config, reduce_range=reduce_range, calib_x=calib_x,
+                                         input_name=spec.name,
+                                         fixed_batch=spec.dims[0] if isinstance(spec.dims[0], int) else None))
         except (ConfigError, ExportError):
             raise
         except Exception as err:  # noqa: BLE001  onnxruntime's quantizer raises many unrelated types
@@ -121,7 +134,8 @@ def quantize_onnx(src: str | Path, dst: str | Path, config: QuantConfig, *, redu
         _copy_metadata(model, out, settings)
         atomic_write(dst, lambda fh: fh.write(out.SerializeToString()))
     settings["quantized_nodes"], settings["float_nodes"] = _count_nodes(out)
-    return OrtQuantization(dst, method, reduce_range, settings["quantized_nodes"], settings["float_nodes"], settings)
+    return OrtQuantization(dst, method.name, reduce_range, settings["quantized_nodes"], settings["float_nodes"],
+                           settings)
 
 
 def _copy_metadata(src: Any, out: Any, settings: dict[str, Any]) -> None:
