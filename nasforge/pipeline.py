@@ -357,78 +357,92 @@ def _device(cfg: RunConfig) -> Any:
 
 def _compress_one(cfg: RunConfig, net: Supernet, data: DataSplits, folder: Path, row: dict[str, Any],
                   ckpt_hash: str) -> dict[str, Any]:
+    """Prune and/or quantize one exported subnet as ``cfg.compress`` asks; return its ``pruned``/``int8`` rows."""
     c = cfg.compress
     arch = net.space.canonical(row["arch"])
     r = int(row["resolution"])
-    comp = folder / "compressed"
-    comp.mkdir(parents=True, exist_ok=True)
+    (folder / "compressed").mkdir(parents=True, exist_ok=True)
     model = calibrated_subnet(net, arch, data.train.head(cfg.search.calib_images), cfg.search.calib_images)
     fp32_ms = float(row["latency_ms"]["median_ms"])
     test_x = resize(data.test.x, r)
     result: dict[str, Any] = {}
     source = folder / "model.onnx"
     if c.prune is not None:
-        from nasforge.prune import (
-            device_latency,
-            get_criterion,
-            make_loss_fn,
-            parse_target,
-            prune,
-            save_pruned,
-            train_classifier,
-        )
-
-        train = Split(resize(data.train.x, r), data.train.y)
-        shape = tuple(net.input_shape(arch))
-        latency = (device_latency(_device(cfg), torch.zeros(1, *shape))
-                   if parse_target(c.prune).kind == "latency_ms" else None)
-        loss_fn = make_loss_fn(train, seed=cfg.seed) if get_criterion(c.criterion).needs_grad else None
-        model, rep = prune(model, resize(data.val.head(2), r), target=c.prune, criterion=c.criterion,
-                           round_to=c.round_to, latency=latency, loss_fn=loss_fn)
-        if c.finetune_epochs > 0:
-            train_classifier(model, train, epochs=c.finetune_epochs, lr=0.01, seed=cfg.seed)
-        model.eval()
-        base = {"kind": "subnet", "supernet": cfg.supernet.name, "options": _supernet_options(cfg, data),
-                "arch": arch.to_dict()}
-        save_pruned(comp / "pruned.pt", model, base=base, input_shape=list(shape), history=rep.history,
-                    extra={"data_spec": cfg.data.spec})
-        metadata = {**_subnet_metadata(cfg, data, arch, r, ckpt_hash), "pruning_target": c.prune,
-                    "criterion": c.criterion}
-        exported = _export_subnet(cfg, data, model, r, comp / "pruned.onnx", metadata)
-        source = comp / "pruned.onnx"
-        result["pruned"] = {
-            "onnx": "compressed/pruned.onnx", "model": "compressed/pruned.pt", "target": c.prune,
-            "criterion": c.criterion, "finetune_epochs": c.finetune_epochs, "macs_before": rep.macs_before,
-            "macs_after": rep.macs_after, "macs_reduction": rep.macs_reduction, "params_before": rep.params_before,
-            "params_after": rep.params_after, "val_acc": accuracy(model, data.val.x, data.val.y, r),
-            "test_acc": _onnx_accuracy(source, test_x, data.test.y), "max_abs_diff": exported.max_abs_diff,
-        }
+        model, result["pruned"] = _prune_subnet(cfg, net, data, folder, model, arch, r, ckpt_hash, test_x)
+        source = folder / "compressed" / "pruned.onnx"
         if not c.quantize:  # otherwise quantize() times the pruned file next to its INT8 version
             ms = measure_latency(source, backend=cfg.export.backend, runs=cfg.export.runs, warmup=cfg.export.warmup,
                                  threads=cfg.export.threads).median_ms
             result["pruned"].update(latency_p50_ms=ms, speedup=fp32_ms / ms)
     if c.quantize:
-        from nasforge.quantize import QuantConfig, quantize
-
-        int8 = comp / "model.int8.onnx"
-        rep_q = quantize(source, int8, data=data, config=QuantConfig(method=c.method, calibration=c.calibration),
-                         device=_device(cfg), batches=(1,), torch_model=model if c.method == "qat" else None,
-                         qat_options={"seed": cfg.seed})
-        check, lat = rep_q.check, rep_q.latency.get("1", {})
-        result["int8"] = {
-            "onnx": "compressed/model.int8.onnx", "source": source.relative_to(folder).as_posix(),
-            "method": "qat" if rep_q.qat is not None else rep_q.method,
-            "reduce_range": rep_q.range_decision["reduce_range"], "fp32_val_acc": check["fp32_accuracy"],
-            "val_acc": check["int8_accuracy"], "test_acc": _onnx_accuracy(int8, test_x, data.test.y),
-            "rel_l2": check["rel_l2"], "simulated_rel_l2": check["simulated_rel_l2"],
-            "saturation": check["saturation"], "latency_p50_ms": lat.get("int8_ms"),
-            "speedup": fp32_ms / lat["int8_ms"] if lat.get("int8_ms") else None,
-            "speedup_vs_source": lat.get("speedup"),
-            "report": "compressed/model.int8.report.md",
-        }
-        if "pruned" in result and lat.get("fp32_ms"):
-            result["pruned"].update(latency_p50_ms=lat["fp32_ms"], speedup=fp32_ms / lat["fp32_ms"])
+        result["int8"], fp32_source_ms = _quantize_subnet(cfg, data, folder, source, model, test_x, fp32_ms)
+        if "pruned" in result and fp32_source_ms:
+            result["pruned"].update(latency_p50_ms=fp32_source_ms, speedup=fp32_ms / fp32_source_ms)
     return result
+
+
+def _prune_subnet(cfg: RunConfig, net: Supernet, data: DataSplits, folder: Path, model: torch.nn.Module,
+                  arch: Architecture, r: int, ckpt_hash: str, test_x: torch.Tensor) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Prune (and fine-tune) one subnet; save ``compressed/pruned.pt`` and ``.onnx``; return it and its row."""
+    from nasforge.export import device_latency
+    from nasforge.prune import (
+        get_criterion,
+        make_loss_fn,
+        parse_target,
+        prune,
+        save_pruned,
+        train_classifier,
+    )
+
+    c, comp = cfg.compress, folder / "compressed"
+    train = Split(resize(data.train.x, r), data.train.y)
+    shape = tuple(net.input_shape(arch))
+    latency = (device_latency(_device(cfg), torch.zeros(1, *shape))
+               if parse_target(c.prune).kind == "latency_ms" else None)
+    loss_fn = make_loss_fn(train, seed=cfg.seed) if get_criterion(c.criterion).needs_grad else None
+    model, rep = prune(model, resize(data.val.head(2), r), target=c.prune, criterion=c.criterion,
+                       round_to=c.round_to, latency=latency, loss_fn=loss_fn)
+    if c.finetune_epochs > 0:
+        train_classifier(model, train, epochs=c.finetune_epochs, lr=0.01, seed=cfg.seed)
+    model.eval()
+    base = {"kind": "subnet", "supernet": cfg.supernet.name, "options": _supernet_options(cfg, data),
+            "arch": arch.to_dict()}
+    save_pruned(comp / "pruned.pt", model, base=base, input_shape=list(shape), history=rep.history,
+                extra={"data_spec": cfg.data.spec})
+    metadata = {**_subnet_metadata(cfg, data, arch, r, ckpt_hash), "pruning_target": c.prune,
+                "criterion": c.criterion}
+    exported = _export_subnet(cfg, data, model, r, comp / "pruned.onnx", metadata)
+    return model, {
+        "onnx": "compressed/pruned.onnx", "model": "compressed/pruned.pt", "target": c.prune,
+        "criterion": c.criterion, "finetune_epochs": c.finetune_epochs, "macs_before": rep.macs_before,
+        "macs_after": rep.macs_after, "macs_reduction": rep.macs_reduction, "params_before": rep.params_before,
+        "params_after": rep.params_after, "val_acc": accuracy(model, data.val.x, data.val.y, r),
+        "test_acc": _onnx_accuracy(comp / "pruned.onnx", test_x, data.test.y), "max_abs_diff": exported.max_abs_diff,
+    }
+
+
+def _quantize_subnet(cfg: RunConfig, data: DataSplits, folder: Path, source: Path, model: torch.nn.Module,
+                     test_x: torch.Tensor, fp32_ms: float) -> tuple[dict[str, Any], float | None]:
+    """Quantize ``source`` to ``compressed/model.int8.onnx``; return its row and the source's measured latency."""
+    from nasforge.quantize import QuantConfig, quantize
+
+    c = cfg.compress
+    int8 = folder / "compressed" / "model.int8.onnx"
+    rep_q = quantize(source, int8, data=data, config=QuantConfig(method=c.method, calibration=c.calibration),
+                     device=_device(cfg), batches=(1,), torch_model=model if c.method == "qat" else None,
+                     qat_options={"seed": cfg.seed})
+    check, lat = rep_q.check, rep_q.latency.get("1", {})
+    return {
+        "onnx": "compressed/model.int8.onnx", "source": source.relative_to(folder).as_posix(),
+        "method": "qat" if rep_q.qat is not None else rep_q.method,
+        "reduce_range": rep_q.range_decision["reduce_range"], "fp32_val_acc": check["fp32_accuracy"],
+        "val_acc": check["int8_accuracy"], "test_acc": _onnx_accuracy(int8, test_x, data.test.y),
+        "rel_l2": check["rel_l2"], "simulated_rel_l2": check["simulated_rel_l2"],
+        "saturation": check["saturation"], "latency_p50_ms": lat.get("int8_ms"),
+        "speedup": fp32_ms / lat["int8_ms"] if lat.get("int8_ms") else None,
+        "speedup_vs_source": lat.get("speedup"),
+        "report": "compressed/model.int8.report.md",
+    }, lat.get("fp32_ms")
 
 
 def _onnx_accuracy(path: Path, x: torch.Tensor, y: torch.Tensor) -> float:

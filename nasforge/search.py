@@ -49,6 +49,8 @@ from nasforge.supernets.checkpoint import load_supernet
 from nasforge.supernets.evaluate import evaluate_arch, resize
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from nasforge.quantize import QuantConfig
 
 __all__ = ["SearchJob", "make_subnet_evaluator", "resumed_job", "run_search_job", "resolve_source"]
@@ -139,49 +141,70 @@ def make_subnet_evaluator(net: Supernet, data: DataSplits, *, calib_images: int 
     decided once, here, from this machine's CPU (:func:`nasforge.quantize.decide_range`), not per trial.
     """
     calib = data.train.head(calib_images)
-    qcfg: QuantConfig | None = None
-    reduce_range = False
-    if int8:
-        from nasforge.quantize import QuantConfig, decide_range
-
-        qcfg = int8_config or QuantConfig(method="static")
-        reduce_range = decide_range(qcfg, None, None).reduce_range
-        int8_calib = data.train.head(min(128, qcfg.calib_samples))
-        val_y = data.val.y.numpy()
+    quantizer = _Int8Check.create(data, int8_config) if int8 else None
+    timing = {"backend": backend, "runs": latency_runs, "warmup": latency_warmup, "threads": threads,
+              "max_cv": max_cv, "max_remeasure": max_remeasure}
 
     def evaluate(arch: Architecture) -> dict[str, float]:
         acc, sub = evaluate_arch(net, arch, calib, data.val.x, data.val.y, calib_images)
         metrics = {"accuracy": acc, "macs": float(net.macs(arch)), "params": float(net.params(arch))}
         if not (latency or int8):
             return metrics
-        from nasforge.export import export_onnx, measure_latency
-
-        def timed(path: Path, key: str) -> None:
-            lat = measure_latency(path, backend=backend, runs=latency_runs, warmup=latency_warmup, threads=threads,
-                                  max_cv=max_cv, max_remeasure=max_remeasure)
-            metrics[f"{key}_ms"] = lat.median_ms
-            metrics[f"{key}_cv"] = lat.cv
-            metrics[f"{key}_unstable"] = float(lat.cv > max_cv)
+        from nasforge.export import export_onnx
 
         with tempfile.TemporaryDirectory(dir=scratch) as tmp:
             path = Path(tmp) / "trial.onnx"
             export_onnx(sub, torch.zeros(1, *net.input_shape(arch)), path, exporter="torchscript", atol=1e-3)
             if latency:
-                timed(path, "latency")
-            if qcfg is not None:
-                from nasforge.quantize import quantize_onnx, run_onnx
-
-                r = net.resolution(net.space.canonical(arch))
+                metrics.update(_latency_metrics(path, "latency", **timing))
+            if quantizer is not None:
                 int8_path = Path(tmp) / "trial.int8.onnx"
-                quantize_onnx(path, int8_path, qcfg, reduce_range=reduce_range,
-                              calib_x=resize(int8_calib, r).numpy())
-                out = run_onnx(int8_path, resize(data.val.x, r).numpy(), threads=threads)
-                metrics["int8_accuracy"] = float((out.argmax(1) == val_y).mean())
+                metrics["int8_accuracy"] = quantizer.accuracy(net, arch, data, path, int8_path, threads)
                 if latency:
-                    timed(int8_path, "int8_latency")
+                    metrics.update(_latency_metrics(int8_path, "int8_latency", **timing))
         return metrics
 
     return evaluate
+
+
+def _latency_metrics(path: Path, key: str, *, backend: str, runs: int, warmup: int, threads: int, max_cv: float,
+                     max_remeasure: int) -> dict[str, float]:
+    """``{key}_ms``, ``{key}_cv`` and ``{key}_unstable`` of the ONNX file ``path`` on ``backend``."""
+    from nasforge.export import measure_latency
+
+    lat = measure_latency(path, backend=backend, runs=runs, warmup=warmup, threads=threads,
+                          max_cv=max_cv, max_remeasure=max_remeasure)
+    return {f"{key}_ms": lat.median_ms, f"{key}_cv": lat.cv, f"{key}_unstable": float(lat.cv > max_cv)}
+
+
+@dataclass
+class _Int8Check:
+    """Quantize-in-the-loop for :func:`make_subnet_evaluator`: settings decided once, applied per trial."""
+
+    config: QuantConfig
+    reduce_range: bool
+    calib: torch.Tensor
+    val_y: np.ndarray
+
+    @classmethod
+    def create(cls, data: DataSplits, config: QuantConfig | None) -> _Int8Check:
+        """Decide ``reduce_range`` from this machine's CPU and pick the calibration images."""
+        from nasforge.quantize import QuantConfig, decide_range
+
+        qcfg = config or QuantConfig(method="static")
+        reduce_range = decide_range(qcfg, None, None).reduce_range
+        return cls(qcfg, reduce_range, data.train.head(min(128, qcfg.calib_samples)), data.val.y.numpy())
+
+    def accuracy(self, net: Supernet, arch: Architecture, data: DataSplits, path: Path, int8_path: Path,
+                 threads: int) -> float:
+        """Quantize the exported ``path`` to ``int8_path``; return its top-1 on the validation images."""
+        from nasforge.quantize import quantize_onnx, run_onnx
+
+        r = net.resolution(net.space.canonical(arch))
+        quantize_onnx(path, int8_path, self.config, reduce_range=self.reduce_range,
+                      calib_x=resize(self.calib, r).numpy())
+        out = run_onnx(int8_path, resize(data.val.x, r).numpy(), threads=threads)
+        return float((out.argmax(1) == self.val_y).mean())
 
 
 def _worker(job: SearchJob, worker: int) -> SearchResult:

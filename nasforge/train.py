@@ -80,6 +80,47 @@ def train_supernet(
             writing ``out`` (rank 0 holds :func:`nasforge.runlock.run_lock` on it for the whole run).
         CheckpointError: a damaged checkpoint or one written with other settings.
     """
+    config, recipe, loading = _check_arguments(space, trainer, seed, hyperparams, init, augment, workers,
+                                               max_bad_images)
+    ctx = init_distributed(device)
+    if config.precision == "fp16" and ctx.device.type == "cpu":
+        raise ConfigError("precision 'fp16' needs a GPU (CPU autocast is bfloat16); use --precision bf16 on CPU")
+    run = _Run(space=space, trainer=trainer, data=data, seed=seed, out=Path(out), config=config, ctx=ctx,
+               supernet_options=supernet_options or {}, init=init, resume=resume,
+               reporter=ProgressReporter(enabled=progress and ctx.is_main))
+    request = {"space": space, "trainer": trainer, "data": data, "image_size": image_size,
+               "supernet_options": run.supernet_options, "train_config": dataclasses.asdict(config),
+               "augment": recipe.to_dict(), "init": str(init) if init is not None else None}
+    with _rank0_lock(run.out, ctx):  # before the folder is checked: two runs cannot both find it free
+        _check_out(run.out, request, resume)
+        probe = create_supernet(space, **run.supernet_options)
+        size = image_size or probe.resolution(probe.space.largest())
+        splits = load_data(data, image_size=size, seed=seed, augment=recipe, loading=loading)
+        return _train_in_lock(run, request, splits, loading)
+
+
+@dataclass
+class _Run:
+    """The settings of one :func:`train_supernet` call that its steps share."""
+
+    space: str
+    trainer: str
+    data: str
+    seed: int
+    out: Path
+    config: TrainConfig
+    ctx: DistContext
+    supernet_options: dict[str, Any]
+    init: str | Path | None
+    resume: bool
+    reporter: ProgressReporter
+
+
+def _check_arguments(
+    space: str, trainer: str, seed: int, hyperparams: dict[str, Any], init: str | Path | None,
+    augment: Mapping[str, Any] | None, workers: int | None, max_bad_images: int,
+) -> tuple[TrainConfig, AugmentRecipe, LoaderOptions]:
+    """Check what :func:`train_supernet` was given before anything is written; return its parsed settings."""
     get_supernet_entry(space)  # unknown names fail before anything is written
     if trainer not in list_trainers():
         raise ConfigError(f"unknown trainer {trainer!r}; choose one of {list_trainers()}")
@@ -88,58 +129,68 @@ def train_supernet(
     recipe = AugmentRecipe.from_dict(augment or {})
     if init is not None and not Path(init).is_file():
         raise ConfigError(f"--init {init}: no such file; pass a nasforge checkpoint or a Once-for-All state_dict")
-    ctx = init_distributed(device)
-    if config.precision == "fp16" and ctx.device.type == "cpu":
-        raise ConfigError("precision 'fp16' needs a GPU (CPU autocast is bfloat16); use --precision bf16 on CPU")
-    out = Path(out)
-    request = {"space": space, "trainer": trainer, "data": data, "image_size": image_size,
-               "supernet_options": supernet_options or {}, "train_config": dataclasses.asdict(config),
-               "augment": recipe.to_dict(), "init": str(init) if init is not None else None}
-    with _rank0_lock(out, ctx):  # before the folder is checked: two runs cannot both find it free
-        _check_out(out, request, resume)
+    return config, recipe, loading
 
-        probe = create_supernet(space, **(supernet_options or {}))
-        size = image_size or probe.resolution(probe.space.largest())
-        splits = load_data(data, image_size=size, seed=seed, augment=recipe, loading=loading)
-        options = {"num_classes": splits.num_classes, "in_channels": splits.in_channels,
-                   **(supernet_options or {})}
-        final = out / "supernet.pt"
-        reporter = ProgressReporter(enabled=progress and ctx.is_main)
-        if resume and final.is_file():
-            net, state = load_supernet(final)
-            reporter.log(f"training already finished; loaded {final}")
-            return TrainResult(out, net, list(state.get("history", [])), final)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            net = create_supernet(space, **options)
-        if init is not None:
-            from nasforge.supernets.warm_start import load_initial_weights
 
-            reporter.log(f"initial weights: {load_initial_weights(net, init)} from {init}")
-        if ctx.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(out / "train.json", {**request, "world_size": ctx.world_size})
-        ctx.barrier()
-        job = get_trainer(trainer, config)
-        phases = job.phases(net.space)
-        total = sum(p.epochs for p in phases)
-        reporter.log(f"training {space} with {trainer} on {data} ({len(splits.train)} images, {ctx.world_size} "
-                     f"process(es) on {ctx.device}, {config.precision}{_loader_text(splits, loading)}): "
-                     f"{len(phases)} phase(s), {total} epoch(s) - "
+def _train_in_lock(run: _Run, request: dict[str, Any], splits: DataSplits, loading: LoaderOptions) -> TrainResult:
+    """Build (or reload) the supernet, train it and save the results; the caller holds the run lock."""
+    options = {"num_classes": splits.num_classes, "in_channels": splits.in_channels, **run.supernet_options}
+    final = run.out / "supernet.pt"
+    if run.resume and final.is_file():
+        net, state = load_supernet(final)
+        run.reporter.log(f"training already finished; loaded {final}")
+        return TrainResult(run.out, net, list(state.get("history", [])), final)
+    net = _initial_net(run, options)
+    if run.ctx.is_main:
+        run.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(run.out / "train.json", {**request, "world_size": run.ctx.world_size})
+    run.ctx.barrier()
+    history = _fit_phases(run, net, splits, options, loading)
+    net.cpu()
+    if run.ctx.is_main:
+        _save_results(run, net, options, history, final)
+    run.ctx.barrier()
+    return TrainResult(run.out, net, history, final)
+
+
+def _initial_net(run: _Run, options: dict[str, Any]) -> Supernet:
+    """The supernet seeded with ``run.seed``, with the ``--init`` weights loaded when given."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(run.seed)
+        net = create_supernet(run.space, **options)
+    if run.init is not None:
+        from nasforge.supernets.warm_start import load_initial_weights
+
+        run.reporter.log(f"initial weights: {load_initial_weights(net, run.init)} from {run.init}")
+    return net
+
+
+def _fit_phases(
+    run: _Run, net: Supernet, splits: DataSplits, options: dict[str, Any], loading: LoaderOptions
+) -> list[dict[str, Any]]:
+    """Announce the trainer's phases and run them with a progress bar; return the history."""
+    ctx, config = run.ctx, run.config
+    job = get_trainer(run.trainer, config)
+    phases = job.phases(net.space)
+    total = sum(p.epochs for p in phases)
+    run.reporter.log(f"training {run.space} with {run.trainer} on {run.data} ({len(splits.train)} images, "
+                     f"{ctx.world_size} process(es) on {ctx.device}, {config.precision}"
+                     f"{_loader_text(splits, loading)}): {len(phases)} phase(s), {total} epoch(s) - "
                      + ", ".join(f"{p.name} {p.epochs}" for p in phases))
-        history = fit_with_progress(job, net, splits, reporter, supernet_name=space, supernet_options=options,
-                                    checkpoint_dir=out / "checkpoints", resume=resume, dist=ctx)
-        net.cpu()
-        if ctx.is_main:
-            save_checkpoint(final, net, space, options, history=history, trainer=trainer,
-                            train_config=dataclasses.asdict(config))
-            atomic_write_json(out / "train_history.json", history)
-            if history:
-                from nasforge.report import plot_training
+    return fit_with_progress(job, net, splits, run.reporter, supernet_name=run.space, supernet_options=options,
+                             checkpoint_dir=run.out / "checkpoints", resume=run.resume, dist=ctx)
 
-                plot_training(history, out / "training.png")
-        ctx.barrier()
-        return TrainResult(out, net, history, final)
+
+def _save_results(run: _Run, net: Supernet, options: dict[str, Any], history: list[dict[str, Any]],
+                  final: Path) -> None:
+    """Write ``supernet.pt``, ``train_history.json`` and ``training.png`` (rank 0 only)."""
+    save_checkpoint(final, net, run.space, options, history=history, trainer=run.trainer,
+                    train_config=dataclasses.asdict(run.config))
+    atomic_write_json(run.out / "train_history.json", history)
+    if history:
+        from nasforge.report import plot_training
+
+        plot_training(history, run.out / "training.png")
 
 
 @contextlib.contextmanager

@@ -9,11 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from inprocess_cli import run_cli
 
 from nasforge.cli import main
+from nasforge.errors import NasforgeError
 
 
-def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli_subprocess(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m nasforge ARGS`` in a fresh interpreter: for what only a real process's stderr shows."""
     return subprocess.run([sys.executable, "-m", "nasforge", *args], capture_output=True, text=True, cwd=cwd,
                           timeout=300)
 
@@ -72,7 +75,8 @@ def test_a_foreign_pickle_is_one_line_without_torch_warnings(tmp_path: Path) -> 
     import pickle
 
     (tmp_path / "foreign.pt").write_bytes(pickle.dumps({"weights": [1.0, 2.0]}, protocol=4))
-    res = run_cli("search", "foreign.pt", "--data", "digits", "--out", "s", "--trials", "1", cwd=tmp_path)
+    # A subprocess: pytest records warnings instead of printing them, so only a real process shows torch's.
+    res = run_cli_subprocess("search", "foreign.pt", "--data", "digits", "--out", "s", "--trials", "1", cwd=tmp_path)
     assert res.returncode == 2, res.stderr
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and "Warning" not in res.stderr and "foreign.pt" in lines[0], res.stderr
@@ -111,8 +115,9 @@ def test_progress_lines_keep_long_paths_whole() -> None:
 
 
 def test_debug_shows_traceback(tmp_path: Path) -> None:
-    res = run_cli("space", "describe", "nope", "--debug", cwd=tmp_path)
-    assert res.returncode != 0 and "Traceback" in res.stderr
+    """With ``--debug`` the error is re-raised, so the interpreter prints its traceback."""
+    with pytest.raises(NasforgeError, match="unknown supernet"):
+        run_cli("space", "describe", "nope", "--debug", cwd=tmp_path)
 
 
 def test_unknown_config_key_exit_2(tmp_path: Path) -> None:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
+import inprocess_cli
 import pytest
+from inprocess_cli import CliResult
 
 from nasforge.export import read_metadata
 from nasforge.supernets import create_supernet
@@ -20,9 +19,9 @@ TINY = {"num_classes": 10, "in_channels": 1, "stem_width": 8, "first_block_width
         "feature_width": 32}
 
 
-def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "nasforge", *args], capture_output=True, text=True, timeout=300,
-                          cwd=cwd, env={**os.environ, "OMP_NUM_THREADS": "1"})
+def run_cli(*args: str, cwd: Path | None = None) -> CliResult:
+    """The command in this process, on one thread as ``OMP_NUM_THREADS=1`` would run it."""
+    return inprocess_cli.run_cli(*args, cwd=cwd, env={"OMP_NUM_THREADS": "1"}, torch_threads=1)
 
 
 @pytest.fixture(scope="module")

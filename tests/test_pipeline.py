@@ -13,12 +13,14 @@ import numpy as np
 import onnxruntime as ort
 import optuna
 import pytest
+from inprocess_cli import run_cli
 
 from nasforge.config import RunConfig, load_config
 from nasforge.export import read_metadata
 
 
-def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def run_cli_subprocess(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``python -m nasforge ARGS`` in a new process (for the run resumed after a SIGKILL)."""
     return subprocess.run([sys.executable, "-m", "nasforge", *args], capture_output=True, text=True, cwd=cwd,
                           timeout=300)
 
@@ -144,7 +146,7 @@ def test_sigkill_mid_training_then_resume_finishes(tmp_path: Path) -> None:
             os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     assert not (tmp_path / "run" / "checkpoints" / "supernet.pt").exists(), "training finished before the kill"
-    res = run_cli("run", "--config", "c.yaml", "--out", "run", "--resume", cwd=tmp_path)
+    res = run_cli_subprocess("run", "--config", "c.yaml", "--out", "run", "--resume", cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     history = json.loads((tmp_path / "run" / "train_history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2]

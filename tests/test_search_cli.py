@@ -11,8 +11,10 @@ import sys
 import time
 from pathlib import Path
 
+import inprocess_cli
 import optuna
 import pytest
+from inprocess_cli import CliResult
 from optuna.trial import TrialState
 
 from nasforge.nas._heartbeat import RETRY_ATTR, WORKER_ATTR
@@ -26,9 +28,16 @@ OPTIONS = {"num_classes": 10, "in_channels": 1, "stem_width": 8, "first_block_wi
            "feature_width": 64}
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str) -> CliResult:
+    """The command in this process, on one thread as ``OMP_NUM_THREADS=1`` would run it (its workers, when it
+    starts some, are processes of their own)."""
+    return inprocess_cli.run_cli(*args, env={"OMP_NUM_THREADS": "1"}, torch_threads=1)
+
+
+def run_cli_subprocess(*args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m nasforge ARGS`` in a new process: NNI's import-time logging set-up stays out of the tests."""
     return subprocess.run([sys.executable, "-m", "nasforge", *args], capture_output=True, text=True, timeout=300,
-                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 @pytest.fixture(scope="module")
@@ -225,12 +234,12 @@ def test_nni_evolution_through_the_cli(checkpoint: Path, tmp_path: Path) -> None
     out, url = tmp_path / "nni", f"sqlite:///{tmp_path / 'nni.db'}"
     args = ("search", str(checkpoint), "--data", "digits", "--out", str(out), "--sampler", "nni-evolution",
             "--storage", url, "--study", "evo")
-    res = run_cli(*args, "--workers", "2")
+    res = run_cli_subprocess(*args, "--workers", "2")
     assert res.returncode == 2 and "one sequential worker" in res.stderr and "Traceback" not in res.stderr
-    res = run_cli(*args, "--trials", "5")
+    res = run_cli_subprocess(*args, "--trials", "5")
     assert res.returncode == 0, res.stderr[-3000:]
     assert "front of" in res.stdout and (out / "nni-experiments").is_dir()
-    res = run_cli(*args, "--trials", "7", "--resume")
+    res = run_cli_subprocess(*args, "--trials", "7", "--resume")
     assert res.returncode == 0, res.stderr[-3000:]
     assert json.loads((out / "pareto.json").read_text())["complete"] == 7
     optuna_cli = Path(sys.executable).with_name("optuna")

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from inprocess_cli import run_cli
 
 from nasforge.cli import main
 from nasforge.supernets.checkpoint import load_supernet
@@ -21,9 +22,9 @@ ARGS = ["train", "mbv3-small", "--trainer", "ps", "--data", DATA, "--scale", "0.
 PHASES = ["teacher", "kernel", "depth-1", "depth-2", "expand-1", "expand-2"]
 
 
-def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "nasforge", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=300)
+def run_cli_subprocess(*args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m nasforge ARGS`` in a new process (for the run resumed after a SIGKILL)."""
+    return subprocess.run([sys.executable, "-m", "nasforge", *args], capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +111,7 @@ def test_sigkill_mid_phase_then_resume(tmp_path: Path, finished: Path) -> None:
             os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     assert not (out / "supernet.pt").exists(), "training finished before the kill"
-    res = run_cli(*[a for a in ARGS if a != "--quiet"], "--out", str(out), "--resume")
+    res = run_cli_subprocess(*[a for a in ARGS if a != "--quiet"], "--out", str(out), "--resume")
     assert res.returncode == 0, res.stderr[-3000:]
     assert "teacher epoch 1/6" not in res.stderr and "expand-2 epoch 6/6" in res.stderr
     assert "resuming training at epoch " in res.stderr  # it says where it restarts

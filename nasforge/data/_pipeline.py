@@ -61,6 +61,17 @@ def load_data(
         DataError: the spec, an option, a path, a file or an argument is invalid, or a split would
             miss a class.
     """
+    entry, request = _make_request(spec, image_size, seed, val_fraction, test_fraction)
+    if entry.kind == "files":
+        return file_splits(entry.loader(request), request, _stratified_split, val_fraction=val_fraction,
+                           test_fraction=test_fraction, augment=augment, loading=loading, spec=spec)
+    return _memory_splits(entry.loader(request), request, spec, val_fraction, test_fraction)
+
+
+def _make_request(
+    spec: str, image_size: int | None, seed: int, val_fraction: float, test_fraction: float
+) -> tuple[DatasetEntry, DatasetRequest]:
+    """Check the spec and the arguments of :func:`load_data`; return the dataset's entry and its request."""
     name, path, options = parse_spec(spec)
     entry = get_dataset(name)
     _check_spec_against(entry, spec, path, options)
@@ -71,10 +82,14 @@ def load_data(
     request = DatasetRequest(
         name, Path(path).expanduser() if path else None, MappingProxyType(options), size, seed
     )
-    if entry.kind == "files":
-        return file_splits(entry.loader(request), request, _stratified_split, val_fraction=val_fraction,
-                           test_fraction=test_fraction, augment=augment, loading=loading, spec=spec)
-    raw = entry.loader(request)
+    return entry, request
+
+
+def _memory_splits(
+    raw: RawDataset, request: DatasetRequest, spec: str, val_fraction: float, test_fraction: float
+) -> DataSplits:
+    """Split, resize and normalise what an in-memory loader returned."""
+    name, size, seed = request.name, request.image_size, request.seed
     labels, num_classes = _check_raw(raw, name)
     train_idx, val_idx, test_idx = _split_indices(raw, labels, seed, val_fraction, test_fraction, name)
     train_x = _to_float(raw.x[train_idx], size)
