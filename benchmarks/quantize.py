@@ -62,7 +62,7 @@ def _resnet(workdir: Path, epochs: int, quick: bool) -> tuple[list[tuple[str, Pa
 
 
 def _test_accuracy(path: Path, data: Any) -> float:
-    from nasforge.export._onnx_io import load_onnx, single_input_spec
+    from nasforge.onnx_io import load_onnx, single_input_spec
 
     dims = single_input_spec(load_onnx(path, check=False), path).dims
     out = run_onnx(path, fit_inputs(data.test.x, dims))

@@ -17,7 +17,13 @@ GPUs, ``ort-cuda``, ``ort-tensorrt``, ``torch-cuda`` and ``tensorrt`` (engines f
 TensorRT 10 and 11; :func:`plan_build` decides flags vs. strongly typed precision).
 
 Latency tables: :func:`build_latency_table` measures every distinct segment of a supernet on one device and fits
-an end-to-end correction; :func:`validate_latency_table` measures its error on fresh subnets.
+an end-to-end correction; :func:`validate_latency_table` measures its error on fresh subnets. Importing this
+package makes the ``"table"`` latency predictor (:class:`TableLatencyPredictor`) available to
+:func:`nasforge.nas.get_latency_predictor`.
+
+Latency callables for the lower layers, which receive them instead of importing timing code:
+:func:`torch_cpu_latency` (for :func:`nasforge.supernets.sorted.select`) and :func:`device_latency` (a
+``devices.yaml`` device as ``f(model) -> ms``, for :func:`nasforge.prune.prune`).
 
 Edge agent: ``nasforge agent serve --token-file F`` (or :func:`make_server` with an :class:`AgentConfig`)
 measures uploaded ONNX files on the board in a child process: token checked in constant time, size capped
@@ -31,6 +37,8 @@ from __future__ import annotations
 
 import importlib
 from typing import TYPE_CHECKING, Any
+
+from nasforge.registry import announce
 
 from . import _gpu_profilers, _profilers, _remote  # noqa: F401  (register the backends; nothing heavy imported)
 from ._agent import AgentConfig, make_server, read_token_file, serve, write_token_file
@@ -64,6 +72,7 @@ from ._latency_table import (
     fingerprint_problems,
     supernet_signature,
 )
+from ._model_latency import device_latency, torch_cpu_latency
 from ._onnx_io import InputSpec, read_metadata, single_input_spec
 from ._parity import check_parity
 from ._remote import RemoteProfiler, agent_info
@@ -72,9 +81,14 @@ from ._tensorrt import TrtBuildConfig, build_engine, graph_precision, plan_build
 
 if TYPE_CHECKING:
     from ._onnx import EXPORTERS, ExportResult, export_onnx
+    from ._table_predictor import TableLatencyPredictor
 
 # Names whose module imports torch at load time: imported on first access (PEP 562).
-_LAZY = {"EXPORTERS": "._onnx", "ExportResult": "._onnx", "export_onnx": "._onnx"}
+_LAZY = {"EXPORTERS": "._onnx", "ExportResult": "._onnx", "export_onnx": "._onnx",
+         "TableLatencyPredictor": "._table_predictor"}
+
+# the "table" latency predictor registers into nas's registry when first asked for (nas imports torch)
+announce("latency predictor", "table", f"{__name__}._table_predictor")
 
 __all__ = [
     "EXPORTERS",
@@ -121,6 +135,9 @@ __all__ = [
     "InputSpec",
     "single_input_spec",
     "SEGMENT_RUNS",
+    "TableLatencyPredictor",
+    "device_latency",
+    "torch_cpu_latency",
 ]
 
 

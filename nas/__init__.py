@@ -21,6 +21,7 @@ when they keep dying).
 from __future__ import annotations
 
 import importlib
+import warnings
 from typing import TYPE_CHECKING, Any
 
 from ._base import (
@@ -55,7 +56,6 @@ from ._predictors import (
 from ._result import SearchResult, TrialRecord
 from ._search import SUBNET_METRICS, check_search_settings, run_search
 from ._storage import describe_storage, journal_storage_url, redact_storage, resolve_storage
-from ._table_predictor import TableLatencyPredictor
 
 if TYPE_CHECKING:
     from ._nni import NniSearcher
@@ -73,6 +73,9 @@ _LAZY = {
     "SupervisorReport": "._supervisor",
     "supervise_workers": "._supervisor",
 }
+
+#: names that moved to a higher layer, still importable from here with a DeprecationWarning
+_MOVED = {"TableLatencyPredictor": "nasforge.export"}
 
 __all__ = [
     "NNI_SAMPLERS",
@@ -92,7 +95,6 @@ __all__ = [
     "SearchResult",
     "SearchWorkerError",
     "SupervisorReport",
-    "TableLatencyPredictor",
     "Searcher",
     "SearcherEntry",
     "SearchSettings",
@@ -126,6 +128,10 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        warnings.warn(f"nasforge.nas.{name} moved to {_MOVED[name]}.{name}; import it from there",
+                      DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module(_MOVED[name]), name)
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,7 +8,8 @@ fitted on a few hundred measured architectures scores thousands per second. The 
 * :class:`LatencyPredictor`: the latency plug-in family (:func:`register_latency_predictor`,
   :func:`get_latency_predictor`). The built-in ``"macs"`` predictor, :class:`MacsLatencyPredictor`, fits
   ``latency = a * macs + b`` by least squares. Per-device latency lookup tables (built from measurements of
-  exported models) register as further predictors under their own names.
+  exported models) register as further predictors under their own names: ``"table"`` once
+  :mod:`nasforge.export` is imported.
 * :func:`evolve_on_predictors`: Once-for-All-style evolution (parents, mutants, crossovers) on predicted
   scores, single- or multi-objective, with bounded rejection sampling for a constraint.
 
@@ -59,7 +60,8 @@ __all__ = [
 # latency predictors
 # ------------------------------------------------------------------------------------------------------------
 _LatencyT = TypeVar("_LatencyT", bound="type[LatencyPredictor]")
-_LATENCY: Registry[type[LatencyPredictor]] = Registry("latency predictor")
+_LATENCY: Registry[type[LatencyPredictor]] = Registry(
+    "latency predictor", hints={"table": "import nasforge.export first (it registers the 'table' predictor)"})
 
 
 class LatencyPredictor(ABC):
@@ -83,6 +85,23 @@ class LatencyPredictor(ABC):
 
     def __call__(self, archs: Sequence[Architecture]) -> np.ndarray:
         return self.predict(archs)
+
+    @staticmethod
+    def split_measurements(archs: Sequence[Architecture], latencies_ms: Sequence[float], holdout: float,
+                           seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """For a subclass's :meth:`fit`: the checked latencies and seeded ``(train, held-out)`` indices into them.
+
+        Raises:
+            ConfigError: fewer than 4 samples, lengths differ, non-finite values, or a bad ``holdout``.
+        """
+        y = _check_targets(archs, latencies_ms, "latencies")
+        train, held = _split(len(y), holdout, seed)
+        return y, train, held
+
+    @staticmethod
+    def holdout_report(n_train: int, predicted: np.ndarray, measured: np.ndarray) -> PredictorReport:
+        """For a subclass's :meth:`fit`: the :class:`PredictorReport` of ``predicted`` against held-out ``measured``."""
+        return _report(n_train, predicted, measured)
 
 
 def register_latency_predictor(name: str) -> Callable[[_LatencyT], _LatencyT]:

@@ -173,6 +173,15 @@ def _finetuner(job: PruneJob, data: DataSplits, log: Callable[[str], None]) -> C
     return finetune
 
 
+def _device_latency(device: str | None, example: torch.Tensor) -> Callable[[nn.Module], float] | None:
+    """The ``f(model) -> ms`` of ``device`` for :func:`~nasforge.prune.prune` (None: no latency measured)."""
+    if device is None:
+        return None
+    from nasforge.export import device_latency
+
+    return device_latency(device, example)
+
+
 def run_prune_job(job: PruneJob, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run ``job``: prune, finetune, evaluate, measure, then write ``model.pt``, ``model.onnx``, ``report.json``,
     ``report.md`` and ``widths.png`` into ``job.out`` (each atomically). Returns the report as a dict.
@@ -213,7 +222,8 @@ def _run_locked(job: PruneJob, log: Callable[[str], None]) -> dict[str, Any]:
     model, report = prune(src.model, example, target=job.target, criterion=job.criterion,
                           global_pruning=job.global_pruning, ignore=job.ignore, steps=job.steps,
                           finetune=finetune, loss_fn=loss_fn, metanet=job.metanet,
-                          latency=job.device, on_step=on_step, round_to=job.round_to)
+                          latency=_device_latency(job.device, example), on_step=on_step,
+                          round_to=job.round_to)
     acc.update(pruned_acc)
     acc["finetuned" if finetune is not None else "after"] = evaluate_accuracy(model, data.val)
     acc["test_before"] = evaluate_accuracy(src.model, data.test)

@@ -6,7 +6,8 @@ Pruning: :func:`prune` removes whole channel groups (coupled through residual ad
 depthwise convs, attention heads) from a copy of a model until a MACs, params or measured-latency target is met,
 ranking groups by a registered criterion (:func:`list_criteria`: ``l1``, ``l2``, ``taylor``, ``bn-scale``,
 ``lamp``, ``random``; with ``include_metanet=True`` also ``gmn``, which rewrites the weights with the graph
-metanetwork first and needs one). It is built on Torch-Pruning's dependency graph;
+metanetwork first and needs one). A latency is measured by the callable passed as ``latency`` (for a
+device: :func:`nasforge.export.device_latency`). It is built on Torch-Pruning's dependency graph;
 patterns Torch-Pruning mishandles are found by probing and left alone (or refused). :func:`save_pruned` /
 :func:`load_pruned` store a pruned model as plain data (base model, pruning history, tensors).
 
@@ -23,7 +24,6 @@ from ._engine import PruneError, find_unsupported, output_layers, replay_history
 from ._finetune import evaluate_accuracy, make_loss_fn, train_classifier
 from ._gmn import MetaTrainConfig, meta_train, save_metanet
 from ._io import PRUNED_FORMAT, build_base, load_pruned, read_pruned, save_pruned
-from ._latency import device_latency
 from ._target import Target, model_macs, model_params, parse_target
 from ._zoo import create_model, list_models, register_model
 
@@ -57,5 +57,4 @@ __all__ = [
     "MetaTrainConfig",
     "meta_train",
     "save_metanet",
-    "device_latency",
 ]

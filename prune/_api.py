@@ -98,18 +98,18 @@ def _measure_fn(target: Target, example: torch.Tensor,
     if target.kind == "params":
         return lambda m: float(model_params(m))
     if latency is None:
-        raise ConfigError("a latency_ms target needs a latency measure: pass latency=DEVICE (e.g. 'cpu') or a "
-                          "callable model -> ms")
+        raise ConfigError("a latency_ms target needs a latency measure: pass latency=nasforge.export.device_latency("
+                          "DEVICE, example_inputs) (e.g. DEVICE 'cpu') or another callable model -> ms")
     return latency
 
 
-def _resolve_latency(latency: str | Callable[[nn.Module], float] | None, example: torch.Tensor
+def _resolve_latency(latency: Callable[[nn.Module], float] | None
                      ) -> tuple[Callable[[nn.Module], float] | None, str | None]:
+    """``(the measure, the device name for the report)``; a device name is refused with how to build a measure."""
     if latency is None or callable(latency):
         return latency, None if latency is None else getattr(latency, "device_name", "custom")
-    from ._latency import device_latency
-
-    return device_latency(latency, example), str(latency)
+    raise ConfigError(f"latency={latency!r}: prune() takes a callable model -> ms; for a device, pass "
+                      f"latency=nasforge.export.device_latency({latency!r}, example_inputs)")
 
 
 def _ignored(model: nn.Module, example: torch.Tensor, ignore: Iterable[str], unsupported: str) -> dict[str, str]:
@@ -198,7 +198,7 @@ def prune(
     model: nn.Module, example_inputs: torch.Tensor, *, target: str | Target = "macs=0.5", criterion: str = "l2",
     global_pruning: bool = True, ignore: Iterable[str] = (), steps: int = 1,
     finetune: Callable[[nn.Module], None] | None = None, loss_fn: Callable[[nn.Module], torch.Tensor] | None = None,
-    metanet: Any = None, latency: str | Callable[[nn.Module], float] | None = None, unsupported: str = "skip",
+    metanet: Any = None, latency: Callable[[nn.Module], float] | None = None, unsupported: str = "skip",
     tolerance: float = 0.02, round_to: int | None = None,
     on_step: Callable[[int, PruneStep, nn.Module], None] | None = None,
 ) -> tuple[nn.Module, PruneReport]:
@@ -217,8 +217,8 @@ def prune(
         finetune: called on the model after every step (and after the metanetwork for ``gmn``).
         loss_fn: ``loss_fn(model) -> scalar loss`` on a data batch, for criteria that read gradients (taylor).
         metanet: a :class:`GraphMetanetwork` or the path of a saved one (``gmn`` only).
-        latency: a device name from ``devices.yaml``/built-ins (e.g. ``"cpu"``) or ``f(model) -> ms``: measured
-            before and after, and the measure of a ``latency_ms`` target.
+        latency: ``f(model) -> ms`` (a device's: ``nasforge.export.device_latency("cpu", example_inputs)``), timed
+            before and after and the measure of a ``latency_ms`` target; the report's device is its ``device_name``.
         unsupported: what to do with layers Torch-Pruning mishandles: ``"skip"`` (leave them alone and say so in
             the report) or ``"error"``.
         tolerance: accept a result this far below the goal (relative) without further bisection.
@@ -234,7 +234,7 @@ def prune(
     """
     example, tgt = _check_example(example_inputs), parse_target(target)
     crit = _check_options(criterion, unsupported, steps, metanet)
-    work, (latency_fn, device) = copy.deepcopy(model), _resolve_latency(latency, example)
+    work, (latency_fn, device) = copy.deepcopy(model), _resolve_latency(latency)
     measure = _measure_fn(tgt, example, latency_fn)
     before = _Before.of(work, example, latency_fn)
     reasons = _ignored(work, example, ignore, unsupported)

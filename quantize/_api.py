@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from nasforge.errors import ConfigError, ExportError
-from nasforge.export._onnx_io import InputSpec, single_input_spec
 from nasforge.io import atomic_write_json, atomic_write_text
+from nasforge.onnx_io import InputSpec, single_input_spec
 from nasforge.runlock import file_lock, remove_stale_temps
 
 from ._capabilities import RangeDecision, choose_reduce_range, device_fingerprint

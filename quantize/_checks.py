@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from nasforge.export._onnx_io import open_session
+from nasforge.onnx_io import open_session
 
 __all__ = ["OutputCheck", "check_outputs", "relative_l2", "run_onnx"]
 

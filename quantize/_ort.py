@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 
 from nasforge.errors import ConfigError, ExportError
-from nasforge.export._onnx_io import first_line, load_onnx, single_input_spec
 from nasforge.io import atomic_write
+from nasforge.onnx_io import first_line, load_onnx, single_input_spec
 from nasforge.runlock import remove_stale_temps, temp_prefix
 
 from ._config import QuantConfig

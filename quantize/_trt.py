@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from nasforge.export import TrtBuildConfig, graph_precision, plan_build
-from nasforge.export._onnx_io import load_onnx
+from nasforge.onnx_io import load_onnx
 
 __all__ = ["tensorrt_plans", "tensorrt_qdq_problems"]
 

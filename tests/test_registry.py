@@ -41,3 +41,21 @@ def test_every_family_lists_its_builtins() -> None:
     assert "optuna" in list_searchers()
     assert {"ort-cpu", "torch-cpu"} <= set(list_profilers())
     assert {"digits", "shapes", "cifar10", "folder"} <= set(list_datasets())
+
+
+def test_announced_plug_in_is_imported_on_first_request(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A higher layer announces a plug-in by module name; the family's registry imports it when asked for it."""
+    import nasforge.registry as registry
+
+    monkeypatch.setattr(registry, "_ANNOUNCED", {})
+    reg: Registry[int] = Registry("gadget", hints={"late": "import the_plugin first"})
+    monkeypatch.setattr(registry, "_GADGETS", reg, raising=False)
+    (tmp_path / "gadget_plugin_for_test.py").write_text(
+        "import nasforge.registry\nnasforge.registry._GADGETS.add('late', 7)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConfigError, match="unknown gadget 'late'; import the_plugin first; known: $") as exc:
+        reg.get("late")
+    assert "\n" not in str(exc.value)
+    registry.announce("gadget", "late", "gadget_plugin_for_test")
+    assert reg.names() == ["late"] and "late" in reg
+    assert reg.get("late") == 7 and reg.get("late") == 7

@@ -7,6 +7,8 @@ Typical use::
 
     net = create_supernet("sorted-mlp")          # 160 nested MLPs (widths 4..128 x depths 1..5)
     arch = select(net, budget=5_000)             # largest sub-model with at most 5k MACs
+    # or by measured latency, with a timer from the export layer (e.g. nasforge.export.torch_cpu_latency):
+    # arch = select(net, 0.2, "latency_ms", latency_fn=torch_cpu_latency)
     static = net.extract(arch)                   # plain nn.Sequential with copied weights
 
 Build your own :class:`SortedNetwork` from the blocks (see :mod:`nasforge.supernets.sorted.network`).
@@ -38,7 +40,7 @@ from nasforge.supernets.sorted.models import (
     build_sorted_transformer,
 )
 from nasforge.supernets.sorted.network import SortedModule, SortedNetwork
-from nasforge.supernets.sorted.selection import METRICS, LatencyFn, select, sub_models, torch_cpu_latency
+from nasforge.supernets.sorted.selection import METRICS, LatencyFn, select, sub_models
 
 __all__ = [
     "METRICS",
@@ -68,5 +70,4 @@ __all__ = [
     "percent_of",
     "select",
     "sub_models",
-    "torch_cpu_latency",
 ]

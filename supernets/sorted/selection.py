@@ -17,7 +17,7 @@ from nasforge.errors import ConfigError
 from nasforge.supernets.arch import Architecture
 from nasforge.supernets.base import Supernet
 
-__all__ = ["METRICS", "LatencyFn", "select", "sub_models", "torch_cpu_latency"]
+__all__ = ["METRICS", "LatencyFn", "select", "sub_models"]
 
 METRICS = ("macs", "params", "latency_ms")
 LatencyFn = Callable[[nn.Module, tuple[int, ...]], float]
@@ -26,20 +26,6 @@ LatencyFn = Callable[[nn.Module, tuple[int, ...]], float]
 def sub_models(net: Supernet) -> list[Architecture]:
     """Every sub-model (canonical architecture) of ``net``, in the space's enumeration order."""
     return list(net.space.enumerate())
-
-
-def torch_cpu_latency(module: nn.Module, input_shape: tuple[int, ...]) -> float:
-    """Median latency in ms of one input of ``input_shape`` (no batch dim) in PyTorch on 1 CPU thread.
-
-    A short protocol (5 warm-up and 30 timed runs, no re-measuring) with
-    :func:`nasforge.export.measure_latency` and the ``torch-cpu`` backend.
-    """
-    from nasforge.export import measure_latency
-
-    result = measure_latency(
-        module, backend="torch-cpu", input_shape=tuple(input_shape), runs=30, warmup=5, threads=1, max_remeasure=0
-    )
-    return result.median_ms
 
 
 def select(
@@ -56,28 +42,30 @@ def select(
         net: a supernet (typically a :class:`~nasforge.supernets.sorted.SortedNetwork`).
         budget: the largest acceptable value of ``metric``.
         metric: ``"macs"`` or ``"params"`` (exact, from ``net``), or ``"latency_ms"`` (measured).
-        latency_fn: ``(static module, input shape without batch) -> milliseconds`` for ``"latency_ms"``;
-            default :func:`torch_cpu_latency`. Candidates are measured in descending-MACs order and the first
-            that fits is returned, so only the sub-models above it are timed.
+        latency_fn: ``(static module, input shape without batch) -> milliseconds``, required for
+            ``"latency_ms"`` (e.g. :func:`nasforge.export.torch_cpu_latency`). Candidates are measured in
+            descending-MACs order and the first that fits is returned, so only the sub-models above it are timed.
         candidates: the architectures to choose from (default: all of :func:`sub_models`).
 
     Returns:
         The chosen canonical :class:`Architecture`.
 
     Raises:
-        ConfigError: unknown metric, a budget that is not a number, no candidates, or no candidate within the
-            budget (the message names the smallest achievable value).
+        ConfigError: unknown metric, a budget that is not a number, ``"latency_ms"`` without ``latency_fn``, no
+            candidates, or no candidate within the budget (the message names the smallest achievable value).
     """
     if metric not in METRICS:
         raise ConfigError(f"unknown metric {metric!r}; choose one of {list(METRICS)}")
     if isinstance(budget, bool) or not isinstance(budget, (int, float)) or math.isnan(budget):
         raise ConfigError(f"budget must be a number, got {budget!r}")
+    if metric == "latency_ms" and latency_fn is None:
+        raise ConfigError("metric 'latency_ms' needs a latency measure: pass latency_fn=nasforge.export.torch_cpu_latency"
+                          " (or your own (module, input_shape) -> ms)")
     archs = _ordered(net, sub_models(net) if candidates is None else [net.space.canonical(a) for a in candidates])
-    if metric == "latency_ms":
-        measure = latency_fn or torch_cpu_latency
+    if latency_fn is not None and metric == "latency_ms":
         values: list[float] = []
         for arch in archs:
-            value = float(measure(net.extract(arch).eval(), tuple(net.input_shape(arch))))
+            value = float(latency_fn(net.extract(arch).eval(), tuple(net.input_shape(arch))))
             if value <= budget:
                 return arch
             values.append(value)

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+import nasforge.export  # noqa: F401  (announces the "table" predictor to nas's registry)
 from nasforge.errors import ConfigError
 from nasforge.nas import LatencyPredictor, PredictorReport, get_latency_predictor, list_latency_predictors
 from nasforge.supernets import Supernet, create_supernet
@@ -84,3 +85,20 @@ def test_predictor_refuses_bad_input(name: str, net: Supernet) -> None:
 def test_unknown_name_lists_the_registered_ones() -> None:
     with pytest.raises(ConfigError, match="macs"):
         get_latency_predictor("no-such-predictor")
+
+
+def test_table_predictor_lives_at_the_export_layer() -> None:
+    """nas does not import the export layer: "table" is registered by ``import nasforge.export``, and the old
+    ``nasforge.nas.TableLatencyPredictor`` is a deprecated alias of its new home."""
+    import subprocess
+    import sys
+
+    import nasforge.nas
+
+    with pytest.warns(DeprecationWarning, match="nasforge.export.TableLatencyPredictor"):
+        alias = nasforge.nas.TableLatencyPredictor
+    assert alias is nasforge.export.TableLatencyPredictor and "table" in list_latency_predictors()
+    code = ("from nasforge.nas import get_latency_predictor\n"
+            "try:\n    get_latency_predictor('table')\nexcept Exception as e:\n    print(type(e).__name__, e)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.startswith("ConfigError unknown latency predictor 'table'; import nasforge.export") and out.count("\n") == 1

@@ -168,7 +168,7 @@ def test_magnitude_pruning_keeps_the_strong_channels() -> None:
 
 
 def test_latency_target_on_the_cpu() -> None:
-    from nasforge.prune._latency import device_latency
+    from nasforge.export import device_latency
 
     model = _small_resnet()
     measure = device_latency("cpu", X, runs=60)
@@ -177,6 +177,15 @@ def test_latency_target_on_the_cpu() -> None:
     assert report.device == "cpu" and report.latency_before_ms is not None
     assert report.latency_after_ms < report.latency_before_ms
     assert report.macs_after < 0.8 * report.macs_before
+
+
+def test_latency_is_a_callable_passed_in() -> None:
+    """prune() does not resolve device names itself: the caller builds the measure at the export layer."""
+    with pytest.raises(ConfigError, match=r"nasforge\.export\.device_latency\('cpu', example_inputs\)") as exc:
+        prune(_small_resnet(), X, target="macs=0.5", latency="cpu")  # type: ignore[arg-type]
+    assert "\n" not in str(exc.value)
+    with pytest.raises(ConfigError, match="device_latency"):
+        prune(_small_resnet(), X, target="latency_ms=1")
 
 
 def test_save_and_reload(tmp_path: Path) -> None:

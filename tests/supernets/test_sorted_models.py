@@ -357,7 +357,9 @@ def test_select_by_latency_measures_from_the_largest_down(trained_mlp):
         assert measured == sorted(measured, reverse=True) and measured[-1] == net.macs(chosen)
         assert len(measured) == 1 + sum(net.macs(a) > net.macs(chosen) for a in sub_models(net))
     small = net.space.smallest()
-    assert select(net, float("inf"), "latency_ms", candidates=[small]) == small  # the default torch-cpu timer
+    from nasforge.export import torch_cpu_latency  # the timer lives at the export layer and is passed down
+
+    assert select(net, float("inf"), "latency_ms", latency_fn=torch_cpu_latency, candidates=[small]) == small
 
 
 def test_select_with_candidates_and_bad_requests(trained_mlp):
@@ -373,6 +375,9 @@ def test_select_with_candidates_and_bad_requests(trained_mlp):
         select(net, 0.001, "latency_ms", latency_fn=lambda module, shape: 1.0)
     with pytest.raises(ConfigError, match="metric"):
         select(net, 100, "flops")
+    with pytest.raises(ConfigError, match=r"pass latency_fn=nasforge\.export\.torch_cpu_latency") as exc:
+        select(net, 1.0, "latency_ms")  # no timer of its own: supernets does not import the export layer
+    assert "\n" not in str(exc.value)
     with pytest.raises(ConfigError, match="candidates"):
         select(net, 100, candidates=[])
 

@@ -1,5 +1,9 @@
-"""The ``"table"`` latency predictor: a per-device latency table (:mod:`nasforge.export`) behind the
-:class:`LatencyPredictor` interface, so searchers use measured per-segment latencies."""
+"""The ``"table"`` latency predictor: a per-device :class:`~nasforge.export.LatencyTable` behind nas's
+:class:`~nasforge.nas.LatencyPredictor` interface, so searchers use measured per-segment latencies.
+
+This module imports :mod:`nasforge.nas` (and so PyTorch); ``nasforge.export`` announces it to nas's registry
+instead of importing it, and ``get_latency_predictor("table", ...)`` imports it on first use.
+"""
 
 from __future__ import annotations
 
@@ -10,19 +14,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from nasforge.errors import ConfigError
-from nasforge.supernets.arch import Architecture
+from nasforge.nas import LatencyPredictor, PredictorReport, register_latency_predictor
+from nasforge.supernets import Architecture
 
-from ._predictors import (
-    LatencyPredictor,
-    PredictorReport,
-    _check_targets,
-    _report,
-    _split,
-    register_latency_predictor,
-)
+from ._latency_table import LatencyTable, error_stats
 
 if TYPE_CHECKING:
-    from nasforge.export import LatencyTable
     from nasforge.supernets import Supernet
 
 __all__ = ["TableLatencyPredictor"]
@@ -45,8 +42,6 @@ class TableLatencyPredictor(LatencyPredictor):
 
     def __init__(self, table: LatencyTable | str | os.PathLike[str], net: Supernet, *, seed: int = 0,
                  accept_error: bool = False) -> None:
-        from nasforge.export import LatencyTable
-
         self.table = table if isinstance(table, LatencyTable) else LatencyTable.load(table)
         self.table.check_fits(net)
         self.table.require_trust(accept=accept_error)
@@ -57,15 +52,12 @@ class TableLatencyPredictor(LatencyPredictor):
             ) -> PredictorReport:
         """Refit the table's correction on end-to-end measurements (the segment entries stay as measured)."""
         archs = list(archs)
-        y = _check_targets(archs, latencies_ms, "latencies")
-        train, held = _split(len(y), holdout, self.seed)
+        y, train, held = self.split_measurements(archs, latencies_ms, holdout, self.seed)
         if len(train) < 3:
             raise ConfigError("refitting a latency table's correction needs 3 or more training subnets")
         self.table.fit_correction(self.net, [archs[i] for i in train], y[train].tolist())
-        report = _report(len(train), self.predict([archs[i] for i in held]), y[held])
+        report = self.holdout_report(len(train), self.predict([archs[i] for i in held]), y[held])
         if len(held) >= 3:  # the refitted table's held-out error replaces the recorded one
-            from nasforge.export import error_stats
-
             self.table.holdout = error_stats(self.predict([archs[i] for i in held]), y[held])
         return report
 
