@@ -40,6 +40,7 @@ from trainers import CNN_OPTIONS, CNN_RUNS  # benchmarks/trainers.py, next to th
 
 from nasforge.data import load_data
 from nasforge.nas import PredictorLoopSearcher, SearchResult, hypervolume_2d, pareto_front, run_search
+from nasforge.runfolder import RunFolder
 from nasforge.search import make_subnet_evaluator
 from nasforge.supernets import Architecture, Supernet
 from nasforge.supernets.checkpoint import load_supernet
@@ -115,8 +116,8 @@ def get_net(args: argparse.Namespace) -> tuple[Supernet, float]:
     if args.supernet is not None:
         net, _ = load_supernet(args.supernet)
     else:
-        final = args.out / "train" / "supernet.pt"
-        if final.is_file():
+        final = RunFolder(args.out / "train").find_supernet()  # this layout or an older run's
+        if final is not None:
             net, _ = load_supernet(final)
         else:
             space, data, trainer, size, options, values = PRESETS[args.preset]

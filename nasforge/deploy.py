@@ -21,6 +21,7 @@ from nasforge.data import load_data
 from nasforge.errors import ConfigError
 from nasforge.export import export_onnx
 from nasforge.io import sha256_file
+from nasforge.runfolder import resolve_run_source
 from nasforge.runlock import file_lock
 from nasforge.supernets import Architecture, Supernet
 from nasforge.supernets.checkpoint import load_supernet
@@ -82,17 +83,10 @@ def read_arch_spec(text: str, net: Supernet) -> Architecture:
 
 
 def resolve_export_source(source: str | Path) -> tuple[Path, str | None, int | None, Path | None]:
-    """``(checkpoint, recorded data spec, recorded image size, arch.json of a subnet folder or None)``."""
-    from nasforge.search import resolve_source
-
-    path = Path(source)
-    arch_file = path / "arch.json"
-    if path.is_dir() and arch_file.is_file() and not (path / "supernet.pt").is_file():
-        run = path.parent.parent  # RUN/subnets/K
-        checkpoint, data, size = resolve_source(run)
-        return checkpoint, data, size, arch_file
-    checkpoint, data, size = resolve_source(path)
-    return checkpoint, data, size, None
+    """``(checkpoint, recorded data spec, recorded image size, arch.json of a subnet folder or None)``; see
+    :func:`nasforge.runfolder.resolve_run_source`."""
+    found = resolve_run_source(source, subnet_folders=True)
+    return found.checkpoint, found.data, found.image_size, found.arch_file
 
 
 def _with_resolution(net: Supernet, arch: Architecture, resolution: int | None) -> Architecture:

@@ -27,6 +27,7 @@ from nasforge.io import atomic_write_json, sha256_file
 from nasforge.nas import SearchResult, TrialRecord, hypervolume_2d, pareto_front, run_search
 from nasforge.progress import ProgressReporter
 from nasforge.report import write_report
+from nasforge.runfolder import RunFolder
 from nasforge.runlock import run_lock
 from nasforge.supernets import Architecture, Supernet, create_supernet
 from nasforge.supernets.checkpoint import load_supernet, save_checkpoint
@@ -62,7 +63,7 @@ def prepare_run_dir(out: Path, cfg: RunConfig, resume: bool,
     The CLI builds ``cfg`` from the saved file plus the options given with ``--resume`` (or from ``--config``),
     so a resume repeats no option.
     """
-    saved_path = out / "config.yaml"
+    saved_path = RunFolder(out).config
     if saved_path.exists() and not resume:
         raise ConfigError(f"run folder {out} already holds a run; pass --resume to continue it or choose another --out")
     if not resume:
@@ -90,11 +91,10 @@ _REDONE_SECTIONS = frozenset({"export", "compress", "schema_version"})
 
 def _unstarted_sections(out: Path) -> set[str]:
     """Config sections whose settings a resume may still change: those of stages that have not started."""
-    sections = set(_REDONE_SECTIONS)
-    if not ((out / "study.journal").exists() or (out / "trials.csv").exists()):
+    sections, folder = set(_REDONE_SECTIONS), RunFolder(out)
+    if not folder.search_started():
         sections.add("search")
-        checkpoints = out / "checkpoints"
-        if not (checkpoints.is_dir() and any(checkpoints.glob("*.pt"))):
+        if not folder.training_started():
             sections.update({"data", "supernet", "train", "seed"})
     return sections
 
@@ -136,7 +136,7 @@ def _run_stages(cfg: RunConfig, out: Path, resume: bool, reporter: ProgressRepor
     check_supernet(cfg, data)
     # Written only once the config, data and supernet are known to be good, so a typo leaves no half-made run behind.
     out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
+    save_config(cfg, RunFolder(out).config)
 
     t0 = time.perf_counter()
     net, history = train_stage(cfg, data, out, resume, reporter)
@@ -163,11 +163,11 @@ def _run_stages(cfg: RunConfig, out: Path, resume: bool, reporter: ProgressRepor
 
 def _resume_point(out: Path) -> str:
     """Where a resumed run continues, from the files its stages left."""
-    if (out / "checkpoints" / "supernet.pt").exists():
+    folder = RunFolder(out)
+    if folder.supernet.exists():
         done = "training is finished (checkpoints/supernet.pt)"
-        return done + ("; the search continues its study" if (out / "study.journal").exists() else
-                       "; the search starts")
-    if (out / "checkpoints" / "last.pt").exists():
+        return done + ("; the search continues its study" if folder.study.exists() else "; the search starts")
+    if folder.last_checkpoint.exists():
         return "training continues from checkpoints/last.pt (the epoch and step it saved)"
     return "nothing was trained yet; training starts"
 
@@ -193,7 +193,8 @@ def _supernet_options(cfg: RunConfig, data: DataSplits) -> dict[str, Any]:
 def train_stage(cfg: RunConfig, data: DataSplits, out: Path, resume: bool,
                 reporter: ProgressReporter) -> tuple[Supernet, list[dict[str, Any]]]:
     """Train the supernet (or load the finished one on resume)."""
-    final = out / "checkpoints" / "supernet.pt"
+    folder = RunFolder(out)
+    final = folder.supernet
     if resume and final.exists():
         net, state = load_supernet(final)
         reporter.log(f"training already finished; loaded {final}")
@@ -205,7 +206,7 @@ def train_stage(cfg: RunConfig, data: DataSplits, out: Path, resume: bool,
     tcfg = cfg.train.train_config(cfg.seed)
     trainer = get_trainer(cfg.train.trainer, tcfg)
     history = fit_with_progress(trainer, net, data, reporter, supernet_name=cfg.supernet.name,
-                                supernet_options=options, checkpoint_dir=out / "checkpoints", resume=resume)
+                                supernet_options=options, checkpoint_dir=folder.checkpoints, resume=resume)
     save_checkpoint(final, net, cfg.supernet.name, options, history=history, trainer=trainer.name)
     atomic_write_json(out / "train_history.json", history)
     return net, history
@@ -235,7 +236,7 @@ def search_stage(cfg: RunConfig, net: Supernet, data: DataSplits, out: Path,
     """Run (or resume) the Optuna study over the trained supernet."""
     scratch = out / ".scratch"
     scratch.mkdir(exist_ok=True)
-    storage = cfg.search.storage or str(out / "study.journal")
+    storage = cfg.search.storage or str(RunFolder(out).study)
     evaluate = make_evaluator(cfg, net, data, scratch)
     with reporter.task("search", total=cfg.search.trials) as task:
         def progress(done: int, total: int, rec: TrialRecord) -> None:
@@ -248,7 +249,7 @@ def search_stage(cfg: RunConfig, net: Supernet, data: DataSplits, out: Path,
                             seed=cfg.seed, progress=progress,
                             initial=(net.space.largest(), net.space.smallest()))
     shutil.rmtree(scratch, ignore_errors=True)
-    result.to_csv(out / "trials.csv")
+    result.to_csv(RunFolder(out).trials)
     result.to_json(out / "search.json")
     if not result.front:
         raise ConfigError("the search found no feasible architecture; relax search.constraints or add trials")
@@ -268,11 +269,11 @@ def export_stage(cfg: RunConfig, net: Supernet, data: DataSplits, out: Path, res
     """Export the chosen front subnets to ONNX (parity-checked), measure test accuracy and latency."""
     chosen = _pick(result.front, cfg.export.max_subnets)
     chosen.sort(key=lambda r: net.macs(r.arch))
-    ckpt_hash = sha256_file(out / "checkpoints" / "supernet.pt")
+    ckpt_hash = sha256_file(RunFolder(out).supernet)
     rows = []
     with reporter.task("export", total=len(chosen)) as task:
         for k, rec in enumerate(chosen):
-            rows.append(_export_one(cfg, net, data, out / "subnets" / str(k), rec, k, ckpt_hash))
+            rows.append(_export_one(cfg, net, data, RunFolder(out).subnet(k), rec, k, ckpt_hash))
             task.advance(1, f"subnet {k}: {rows[-1]['latency_ms']['median_ms']:.3f} ms, "
                             f"test acc {rows[-1]['test_acc']:.3f}")
     return rows
@@ -327,12 +328,13 @@ def compress_stage(cfg: RunConfig, net: Supernet, data: DataSplits, out: Path, s
 
     Redone in full on resume, like the export.
     """
-    ckpt_hash = sha256_file(out / "checkpoints" / "supernet.pt")
+    folder = RunFolder(out)
+    ckpt_hash = sha256_file(folder.supernet)
     with reporter.task("compress", total=len(subnets)) as task:
         for row in subnets:
-            folder = out / "subnets" / str(row["subnet"])
-            row["compressed"] = _compress_one(cfg, net, data, folder, row, ckpt_hash)
-            atomic_write_json(folder / "metrics.json", row)
+            subnet = folder.subnet(row["subnet"])
+            row["compressed"] = _compress_one(cfg, net, data, subnet, row, ckpt_hash)
+            atomic_write_json(subnet / "metrics.json", row)
             task.advance(1, f"subnet {row['subnet']}: " + _compress_status(row["compressed"]))
 
 

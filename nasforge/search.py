@@ -43,6 +43,7 @@ from nasforge.nas import (
     run_search,
     supervise_workers,
 )
+from nasforge.runfolder import RunFolder, resolve_run_source
 from nasforge.runlock import run_lock
 from nasforge.supernets import Architecture, Supernet
 from nasforge.supernets.checkpoint import load_supernet
@@ -80,42 +81,14 @@ class SearchJob:
 
     @property
     def storage_url(self) -> str:
-        return self.storage or str(Path(self.out) / "study.journal")
+        return self.storage or str(RunFolder(self.out).study)
 
 
 def resolve_source(source: str | Path) -> tuple[Path, str | None, int | None]:
     """``(checkpoint, data spec or None, image size or None)`` of a checkpoint file or a run folder of
-    ``nasforge train`` / ``nasforge run`` (whose recorded data spec is reused)."""
-    path = Path(source)
-    if path.is_dir():
-        for cand in (path / "supernet.pt", path / "checkpoints" / "supernet.pt"):
-            if cand.is_file():
-                data, size = _recorded_data(path)
-                return cand, data, size
-        raise ConfigError(f"{path} holds no supernet.pt (nor checkpoints/supernet.pt); train first or pass the file")
-    if not path.is_file():
-        raise ConfigError(f"no checkpoint or run folder at {path}")
-    return path, None, None
-
-
-def _recorded_data(folder: Path) -> tuple[str | None, int | None]:
-    train = folder / "train.json"
-    if train.is_file():
-        try:
-            rec = json.loads(train.read_text())
-            return rec.get("data"), rec.get("image_size")
-        except (OSError, json.JSONDecodeError):
-            return None, None
-    cfg = folder / "config.yaml"
-    if cfg.is_file():
-        import yaml
-
-        try:
-            data = (yaml.safe_load(cfg.read_text()) or {}).get("data", {})
-            return data.get("spec"), data.get("image_size")
-        except (OSError, yaml.YAMLError):
-            return None, None
-    return None, None
+    ``nasforge train`` / ``nasforge run`` (whose recorded data spec is reused); see
+    :func:`nasforge.runfolder.resolve_run_source`."""
+    return resolve_run_source(source).as_tuple()
 
 
 def make_subnet_evaluator(net: Supernet, data: DataSplits, *, calib_images: int = 500, latency: bool = False,
@@ -304,7 +277,7 @@ def _run_search_job(job: SearchJob, *, workers: int, resume: bool, log: Callable
         _table_latency(job, load_supernet(job.checkpoint)[0], warn=log)
     resolve_storage(job.storage_url)  # and a missing database driver or an unreachable database
     out = Path(job.out)
-    record = out / "search_job.json"
+    record = RunFolder(out).search_record
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(record, {**asdict(job), "storage": job.storage and redact_storage(job.storage),
                                "workers": workers})
@@ -333,7 +306,7 @@ def resumed_job(out: str | Path, given: dict[str, Any]) -> SearchJob:
     Raises:
         ConfigError: nothing to resume, an unreadable record, or a given setting that differs from it.
     """
-    record = Path(out) / "search_job.json"
+    record = RunFolder(out).search_record
     if not record.is_file():
         raise ConfigError(f"nothing to resume in {out} (no search_job.json); start it without --resume")
     try:
@@ -376,7 +349,7 @@ def _shown(value: Any) -> str:
 
 
 def _check_out(out: Path, resume: bool) -> None:
-    record = out / "search_job.json"
+    record = RunFolder(out).search_record
     if record.exists() and not resume:
         raise ConfigError(f"{out} already holds a search; pass --resume to continue it (or --trials to add "
                           "trials) or choose another --out")

@@ -1,8 +1,9 @@
 """Train a supernet on its own (``nasforge train``): any registered space and trainer, one process or many.
 
-The run folder holds ``train.json`` (what was asked), ``checkpoints/last.pt`` (every epoch),
-``checkpoints/phase-<i>-<name>.pt`` (every phase of a multi-phase trainer), the final ``supernet.pt``,
-``train_history.json`` and ``training.png``. ``resume=True`` continues inside the phase where a run stopped.
+The run folder (:class:`nasforge.runfolder.RunFolder`, the layout every command shares) holds ``train.json``
+(what was asked), ``checkpoints/last.pt`` (every epoch), ``checkpoints/phase-<i>-<name>.pt`` (every phase of a
+multi-phase trainer), the final ``checkpoints/supernet.pt``, ``train_history.json`` and ``training.png``; a folder
+of an older version with ``supernet.pt`` at the top still resumes and loads. ``resume=True`` continues inside the phase where a run stopped.
 Under ``torchrun`` every process calls :func:`train_supernet`; rank 0 writes files and reports progress.
 """
 
@@ -23,6 +24,7 @@ from nasforge.distributed import DistContext, init_distributed
 from nasforge.errors import ConfigError
 from nasforge.io import atomic_write_json
 from nasforge.progress import ProgressReporter
+from nasforge.runfolder import RunFolder
 from nasforge.runlock import run_lock
 from nasforge.supernets import Supernet, create_supernet, get_supernet_entry
 from nasforge.supernets.checkpoint import load_supernet, save_checkpoint
@@ -135,15 +137,16 @@ def _check_arguments(
 def _train_in_lock(run: _Run, request: dict[str, Any], splits: DataSplits, loading: LoaderOptions) -> TrainResult:
     """Build (or reload) the supernet, train it and save the results; the caller holds the run lock."""
     options = {"num_classes": splits.num_classes, "in_channels": splits.in_channels, **run.supernet_options}
-    final = run.out / "supernet.pt"
-    if run.resume and final.is_file():
-        net, state = load_supernet(final)
-        run.reporter.log(f"training already finished; loaded {final}")
-        return TrainResult(run.out, net, list(state.get("history", [])), final)
+    folder = RunFolder(run.out)
+    final, finished = folder.supernet, folder.find_supernet()
+    if run.resume and finished is not None:
+        net, state = load_supernet(finished)
+        run.reporter.log(f"training already finished; loaded {finished}")
+        return TrainResult(run.out, net, list(state.get("history", [])), finished)
     net = _initial_net(run, options)
     if run.ctx.is_main:
         run.out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run.out / "train.json", {**request, "world_size": run.ctx.world_size})
+        atomic_write_json(folder.train_record, {**request, "world_size": run.ctx.world_size})
     run.ctx.barrier()
     history = _fit_phases(run, net, splits, options, loading)
     net.cpu()
@@ -178,12 +181,12 @@ def _fit_phases(
                      f"{_loader_text(splits, loading)}): {len(phases)} phase(s), {total} epoch(s) - "
                      + ", ".join(f"{p.name} {p.epochs}" for p in phases))
     return fit_with_progress(job, net, splits, run.reporter, supernet_name=run.space, supernet_options=options,
-                             checkpoint_dir=run.out / "checkpoints", resume=run.resume, dist=ctx)
+                             checkpoint_dir=RunFolder(run.out).checkpoints, resume=run.resume, dist=ctx)
 
 
 def _save_results(run: _Run, net: Supernet, options: dict[str, Any], history: list[dict[str, Any]],
                   final: Path) -> None:
-    """Write ``supernet.pt``, ``train_history.json`` and ``training.png`` (rank 0 only)."""
+    """Write ``checkpoints/supernet.pt``, ``train_history.json`` and ``training.png`` (rank 0 only)."""
     save_checkpoint(final, net, run.space, options, history=history, trainer=run.trainer,
                     train_config=dataclasses.asdict(run.config))
     atomic_write_json(run.out / "train_history.json", history)
@@ -282,9 +285,10 @@ def _loader_text(splits: DataSplits, loading: LoaderOptions) -> str:
 
 
 def _check_out(out: Path, request: dict[str, Any], resume: bool) -> None:
-    saved = out / "train.json"
+    folder = RunFolder(out)
+    saved = folder.train_record
     if not resume:
-        if saved.exists() or (out / "checkpoints").exists():
+        if saved.exists() or folder.checkpoints.exists():
             raise ConfigError(f"{out} already holds a training run; pass --resume to continue it or choose another "
                               "--out")
         return

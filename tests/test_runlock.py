@@ -157,4 +157,4 @@ def test_two_train_commands_on_one_folder(tmp_path: Path) -> None:
     assert second.returncode == 2 and "Traceback" not in second.stderr
     line = second.stderr.strip()
     assert len(line.splitlines()) == 1 and f"PID {first.pid}" in line and "`nasforge train`" in line, line
-    assert (out / "supernet.pt").is_file() and not (out / LOCK_NAME).exists()
+    assert (out / "checkpoints" / "supernet.pt").is_file() and not (out / LOCK_NAME).exists()

@@ -45,7 +45,7 @@ def test_train_streams_a_jpeg_folder_with_workers(jpegs: Path, tmp_path: Path) -
     assert 0 <= history[0]["val_acc_max"] <= 1 and "bad_images" not in history[0]
     request = json.loads((out / "train.json").read_text())
     assert request["augment"]["brightness"] == 0.2 and request["augment"]["scale"] == [0.08, 1.0]
-    net, _ = load_supernet(out / "supernet.pt")
+    net, _ = load_supernet(out / "checkpoints" / "supernet.pt")
     assert net.config.num_classes == 3
 
 
@@ -90,9 +90,9 @@ def test_sigkill_mid_epoch_resumes_with_the_same_remaining_batches(tmp_path: Pat
     proc = subprocess.Popen([sys.executable, "-m", "nasforge", *args(out)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     where = _pick_kill_point(proc, out / "checkpoints" / "last.pt", time.monotonic() + 240)
-    assert not (out / "supernet.pt").exists() and where["step"] > 0
+    assert not (out / "checkpoints" / "supernet.pt").exists() and where["step"] > 0
     assert main([*args(out), "--resume"]) == 0
-    a, b = torch.load(ref / "supernet.pt")["model"], torch.load(out / "supernet.pt")["model"]
+    a, b = torch.load(ref / "checkpoints" / "supernet.pt")["model"], torch.load(out / "checkpoints" / "supernet.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a), f"resumed from epoch {where['epoch']} step {where['step']}"
     ha, hb = (json.loads((d / "train_history.json").read_text()) for d in (ref, out))
     assert [h["loss"] for h in ha] == [h["loss"] for h in hb]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 from inprocess_cli import run_cli
 
 from nasforge.cli import main
+from nasforge.search import resolve_source
 from nasforge.supernets.checkpoint import load_supernet
 
 DATA = "shapes?n=200&classes=4"
@@ -38,14 +40,15 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_ps_run_writes_every_phase(finished: Path) -> None:
     ckpts = sorted(p.name for p in (finished / "checkpoints").iterdir())
-    assert ckpts == ["last.pt"] + [f"phase-{i + 1}-{n}.pt" for i, n in enumerate(PHASES)]
+    assert ckpts == ["last.pt"] + [f"phase-{i + 1}-{n}.pt" for i, n in enumerate(PHASES)] + ["supernet.pt"]
+    assert not (finished / "supernet.pt").exists(), "one layout: the final supernet sits in checkpoints/"
     history = json.loads((finished / "train_history.json").read_text())
     assert [h["phase"] for h in history] == PHASES
     assert (finished / "training.png").stat().st_size > 1000
     request = json.loads((finished / "train.json").read_text())
     assert request["trainer"] == "ps" and request["train_config"]["schedule_scale"] == 0.005
     assert request["train_config"]["weight_decay"] == 3e-5  # the reference's, not the generic default
-    net, state = load_supernet(finished / "supernet.pt")
+    net, state = load_supernet(finished / "checkpoints" / "supernet.pt")
     assert state["trainer"] == "ps" and net.config.in_channels == 3 and net.config.num_classes == 4
 
 
@@ -53,13 +56,23 @@ def test_existing_run_needs_resume(finished: Path) -> None:
     res = run_cli(*ARGS, "--out", str(finished))
     assert res.returncode == 2 and "already holds a training run" in res.stderr
     assert "Traceback" not in res.stderr
-    before = (finished / "supernet.pt").stat().st_mtime_ns
+    before = (finished / "checkpoints" / "supernet.pt").stat().st_mtime_ns
     res = run_cli(*[a for a in ARGS if a != "--quiet"], "--out", str(finished), "--resume", "--json")
     assert res.returncode == 0 and "already finished" in res.stderr, res.stderr
     result = json.loads(res.stdout)
     assert result["epochs"] == len(json.loads((finished / "train_history.json").read_text()))
     assert result["checkpoint"].endswith("supernet.pt") and result["last_epoch"]["phase"] == "expand-2"
-    assert (finished / "supernet.pt").stat().st_mtime_ns == before
+    assert (finished / "checkpoints" / "supernet.pt").stat().st_mtime_ns == before
+
+
+def test_a_folder_of_the_old_layout_still_resumes_and_loads(finished: Path, tmp_path: Path) -> None:
+    old = tmp_path / "old"
+    shutil.copytree(finished, old)
+    (old / "checkpoints" / "supernet.pt").rename(old / "supernet.pt")  # where nasforge train wrote it before
+    res = run_cli(*ARGS, "--out", str(old), "--resume", "--json")
+    assert res.returncode == 0 and json.loads(res.stdout)["checkpoint"] == str(old / "supernet.pt"), res.stderr
+    assert not (old / "checkpoints" / "supernet.pt").exists(), "a finished old run is not trained again"
+    assert resolve_source(old)[0] == old / "supernet.pt"  # search, export and prune find it too
 
 
 def test_resume_with_other_settings_is_refused(finished: Path) -> None:
@@ -110,7 +123,7 @@ def test_sigkill_mid_phase_then_resume(tmp_path: Path, finished: Path) -> None:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-    assert not (out / "supernet.pt").exists(), "training finished before the kill"
+    assert not (out / "checkpoints" / "supernet.pt").exists(), "training finished before the kill"
     res = run_cli_subprocess(*[a for a in ARGS if a != "--quiet"], "--out", str(out), "--resume")
     assert res.returncode == 0, res.stderr[-3000:]
     assert "teacher epoch 1/6" not in res.stderr and "expand-2 epoch 6/6" in res.stderr
@@ -132,7 +145,7 @@ def test_sorted_and_deps_through_the_cli(tmp_path: Path) -> None:
     history = json.loads((out / "train_history.json").read_text())
     steps = 1077 // 64
     assert [h["passes"]["subnet"] for h in history] == [2 * steps, 4 * steps]
-    net, state = load_supernet(out / "supernet.pt")
+    net, state = load_supernet(out / "checkpoints" / "supernet.pt")
     assert state["trainer"] == "sorted" and net.space.size() == 160
     res = run_cli("train", "sorted-mlp", "--trainer", "sorted", "--data", "digits", "--epochs", "2", "--set",
                   "g_acc=3", "--quiet", "--out", str(out), "--resume")
