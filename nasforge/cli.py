@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from nasforge._version import __version__
+from nasforge.archspec import ARCH_HELP
 from nasforge.cli_args import (
     OneLineParser,
     int_between,
@@ -170,7 +171,7 @@ def _add_space(sub: Any, common: argparse.ArgumentParser) -> None:
     lst.set_defaults(func=_cmd_space_list)
     desc = space_sub.add_parser("describe", parents=[common], help="exact params/MACs of an architecture")
     desc.add_argument("space", help="space name (see `nasforge space list`)")
-    desc.add_argument("--arch", help="architecture as JSON text or a JSON file (default: the largest)")
+    desc.add_argument("--arch", help=f"architecture: {ARCH_HELP} (default: the largest)")
     desc.add_argument("--resolution", type=int_between(8), help="input resolution (default: the arch's r)")
     desc.add_argument("--num-classes", type=positive_int, help="classifier outputs (default: the space's)")
     desc.add_argument("--in-channels", type=positive_int, help="input channels (default: the space's)")
@@ -319,7 +320,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
             raise ConfigError(f"{args.source} records no dataset; pass --data SPEC")
         out = args.out or Path("runs") / time.strftime("search-%Y%m%d-%H%M%S")
         settings = {k: v for k, v in given.items() if v is not None}
-        job = SearchJob(**{**settings, "data": data, "out": str(out), "image_size": args.image_size or size})
+        job = SearchJob.for_cli(**{**settings, "data": data, "out": str(out),
+                                   "image_size": args.image_size or size})
     result = run_search_job(job, workers=args.workers, resume=args.resume,
                             log=lambda m: print(m, file=sys.stderr))
     out = Path(job.out)
@@ -347,18 +349,8 @@ def _cmd_space_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_arch(text: str) -> Any:
-    from nasforge.supernets import Architecture
-
-    path = Path(text)
-    if not text.lstrip().startswith("{") and path.suffix.lower() == ".json":
-        if not path.is_file():
-            raise ConfigError(f"architecture file {path} does not exist")
-        text = path.read_text(encoding="utf-8")
-    return Architecture.from_json(text)
-
-
 def _cmd_space_describe(args: argparse.Namespace) -> int:
+    from nasforge.archspec import read_arch_spec
     from nasforge.supernets import create_supernet
 
     options = {}
@@ -367,7 +359,7 @@ def _cmd_space_describe(args: argparse.Namespace) -> int:
     if args.in_channels is not None:
         options["in_channels"] = args.in_channels
     net = create_supernet(args.space, **options)
-    arch = net.space.validate(_read_arch(args.arch)) if args.arch else net.space.largest()
+    arch = read_arch_spec(args.arch, net) if args.arch else net.space.largest()
     r = args.resolution if args.resolution is not None else net.resolution(arch)
     if r < 8:
         raise ConfigError(f"--resolution {r} is too small; use at least 8")

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from nasforge.archspec import ARCH_HELP
 from nasforge.cli_args import nonneg_int, positive_float, positive_int
 from nasforge.errors import ConfigError
 
@@ -23,8 +24,7 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
                     "onnxruntime on random and real validation images, and carries its architecture, input shape, "
                     "normalisation, nasforge version and the checkpoint's SHA-256.")
     export.add_argument("source", help="checkpoint, run folder, or RUN/subnets/K")
-    export.add_argument("--arch", help="largest | smallest | JSON | FILE.json (default: the subnet folder's "
-                                       "arch.json, else largest)")
+    export.add_argument("--arch", help=f"{ARCH_HELP} (default: the subnet folder's arch.json, else largest)")
     export.add_argument("--format", dest="fmt", default="onnx", choices=["onnx", "tensorrt"])
     export.add_argument("--out", type=Path, required=True, help="the .onnx file to write")
     export.add_argument("--data", help="dataset spec for BN recalibration and parity (default: the run's own)")

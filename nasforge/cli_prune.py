@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from nasforge.archspec import ARCH_HELP
 from nasforge.cli_args import nonneg_int, positive_float, positive_int, registry_choice
 
 __all__ = ["CRITERIA", "ZOO_MODELS", "add_commands", "rewrite_argv"]
@@ -62,7 +63,7 @@ def _add_prune(sub: Any, common: argparse.ArgumentParser) -> None:
                    help=f"channel ranking: {', '.join(CRITERIA)} (default %(default)s)")
     p.add_argument("--metanet", help="graph metanetwork file (--criterion gmn)")
     p.add_argument("--data", help="dataset spec (default: the run's own; required for zoo models)")
-    p.add_argument("--arch", help="subnet of a checkpoint/run: largest | smallest | JSON | FILE.json")
+    p.add_argument("--arch", help=f"subnet of a checkpoint/run: {ARCH_HELP}")
     p.add_argument("--weights", help="state dict for a zoo model")
     p.add_argument("--train-epochs", type=nonneg_int, default=0,
                    help="train the source first (zoo models from scratch)")

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from nasforge.archspec import ARCH_HELP
 from nasforge.cli_args import nonneg_int, positive_float, positive_int, positive_ints
 from nasforge.errors import ConfigError
 
@@ -54,7 +55,7 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="batch sizes to time, comma-separated (default 1; e.g. 1,32)")
     p.add_argument("--source", help="--method qat: the PyTorch model behind MODEL (a pruned model.pt, RUN/subnets/K, "
                                     "a checkpoint with --arch, zoo:NAME with --weights); default: found next to MODEL")
-    p.add_argument("--arch", help="--method qat with a checkpoint --source: the subnet")
+    p.add_argument("--arch", help=f"--method qat with a checkpoint --source: the subnet ({ARCH_HELP})")
     p.add_argument("--weights", help="--method qat with a zoo:NAME --source: its state dict")
     p.add_argument("--qat-epochs", type=positive_int, default=2, help="fake-quant finetuning epochs (default 2)")
     p.add_argument("--qat-lr", type=positive_float, default=1e-3,

@@ -14,6 +14,7 @@ import yaml
 
 from nasforge.errors import ConfigError
 from nasforge.io import atomic_write_text
+from nasforge.runfolder import RunFolder
 from nasforge.supernets.trainers import TrainConfig, TrainHyperparams, get_trainer
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "SupernetSection",
     "TrainSection",
     "SearchSection",
+    "SEARCH_COMMAND_OBJECTIVES",
     "ExportSection",
     "CompressSection",
     "RunConfig",
@@ -102,9 +104,30 @@ class TrainSection(TrainHyperparams):
         return TrainConfig(seed=seed, trainer_options=dict(self.trainer_options), **values)
 
 
-@dataclass(frozen=True)
+#: ``nasforge search``'s default objectives (no latency measuring): the one search option whose default differs
+#: between the commands; ``nasforge run``'s are :class:`SearchSection`'s own (``accuracy``, ``latency_ms``).
+SEARCH_COMMAND_OBJECTIVES: tuple[str, ...] = ("accuracy", "macs")
+
+
+@dataclass(frozen=True, kw_only=True)
 class SearchSection:
-    """The architecture search over the trained supernet."""
+    """The search options and their defaults, the one home of both commands' search settings.
+
+    ``nasforge run``'s ``search:`` section is this class, and ``nasforge search``'s job record
+    (:class:`nasforge.search.SearchJob`) extends it with what only a standalone search has (checkpoint, data,
+    folder, seed, latency table, heartbeat). ``nasforge search`` gives :data:`SEARCH_COMMAND_OBJECTIVES`
+    explicitly (:meth:`nasforge.search.SearchJob.for_cli`); latency is timed on ``export.backend`` with
+    ``export.threads`` in a run and on ``ort-cpu`` with one thread in a standalone search.
+
+    Attributes:
+        trials: finished trials wanted in the study.
+        sampler: a searcher name (``nasforge.nas.list_searchers()``, e.g. ``tpe``, ``nsga2``, ``nni-evolution``).
+        objectives, constraints: what the search optimises and the bounds a subnet must meet.
+        calib_images: training images that recalibrate BN statistics before a subnet is scored.
+        storage: an Optuna storage URL; ``None``: the run folder's ``study.journal``.
+        study: the study to create or join.
+        latency_runs, latency_warmup: the short latency protocol of a trial (timed and warm-up runs).
+    """
 
     trials: int = 40
     sampler: str = "tpe"
@@ -117,9 +140,36 @@ class SearchSection:
     latency_warmup: int = 10
 
     def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Fail in one line on an unknown metric, a malformed constraint or an unknown (or not installed) sampler.
+
+        Raises:
+            ConfigError: the bad value and what to pass instead.
+        """
         from nasforge.nas import check_search_settings
 
         check_search_settings(self.objectives, self.constraints, self.sampler)
+
+    def needs(self, metric: str) -> bool:
+        """Whether an objective or constraint names ``metric`` (``latency`` also matches ``int8_latency_ms``)."""
+        return metric in " ".join(self.objectives + self.constraints)
+
+    def storage_in(self, out: str | Path) -> str:
+        """The study's storage URL: ``storage``, or the ``study.journal`` of the run folder ``out``."""
+        return self.storage or str(RunFolder(out).study)
+
+    def search_options(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`nasforge.nas.run_search` that this section sets."""
+        return {"objectives": self.objectives, "constraints": self.constraints, "n_trials": self.trials,
+                "sampler": self.sampler, "study_name": self.study}
+
+    def evaluator_options(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`nasforge.search.make_subnet_evaluator` that this section sets: what
+        each trial measures (latency, INT8) and how."""
+        return {"calib_images": self.calib_images, "latency": self.needs("latency"), "int8": self.needs("int8"),
+                "latency_runs": self.latency_runs, "latency_warmup": self.latency_warmup}
 
 
 @dataclass(frozen=True)

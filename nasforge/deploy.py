@@ -10,16 +10,17 @@ architecture, input shape, normalisation, nasforge version and the checkpoint's 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from nasforge.archspec import read_arch_spec
 from nasforge.data import load_data
 from nasforge.errors import ConfigError
-from nasforge.export import export_onnx
+from nasforge.export import ExportResult, export_onnx
 from nasforge.io import sha256_file
 from nasforge.runfolder import resolve_run_source
 from nasforge.runlock import file_lock
@@ -27,7 +28,8 @@ from nasforge.supernets import Architecture, Supernet
 from nasforge.supernets.checkpoint import load_supernet
 from nasforge.supernets.evaluate import calibrated_subnet, resize
 
-__all__ = ["ExportedSubnet", "export_subnet", "read_arch_spec", "resolve_export_source"]
+__all__ = ["ExportedSubnet", "SubnetMetadata", "export_subnet", "read_arch_spec", "resolve_export_source",
+           "write_subnet_onnx"]
 
 FORMATS = ("onnx", "tensorrt")
 
@@ -60,26 +62,68 @@ class ExportedSubnet:
                 "engine": self.engine}
 
 
-def read_arch_spec(text: str, net: Supernet) -> Architecture:
-    """An architecture of ``net``'s space from ``largest``, ``smallest``, JSON text or a ``.json`` file.
+@dataclass(frozen=True)
+class SubnetMetadata:
+    """The one metadata schema of every subnet deliverable (``nasforge export``, ``run``, ``prune``).
+
+    :meth:`to_dict` gives the ONNX ``metadata_props``; a field left ``None`` is omitted, never renamed.
+    :func:`~nasforge.export.export_onnx` adds ``nasforge_version``, ``input_shape`` and the other keys it reserves.
+    """
+
+    dataset: str
+    mean: Sequence[float]
+    std: Sequence[float]
+    resolution: int | None = None
+    arch: Architecture | None = None
+    supernet: str | None = None
+    checkpoint: Path | None = None
+    checkpoint_sha256: str | None = None
+    source: str | None = None
+    base_model: Mapping[str, Any] | None = None
+    pruning_target: str | None = None
+    criterion: str | None = None
+
+    def to_dict(self) -> dict[str, str]:
+        """The ``metadata_props`` keys and string values (normalisation as JSON lists)."""
+        values: dict[str, str | None] = {
+            "architecture": self.arch.to_json() if self.arch is not None else None,
+            "supernet": self.supernet,
+            "dataset": self.dataset,
+            "resolution": str(self.resolution) if self.resolution is not None else None,
+            "normalization_mean": json.dumps([float(v) for v in self.mean]),
+            "normalization_std": json.dumps([float(v) for v in self.std]),
+            "source_checkpoint": self.checkpoint.name if self.checkpoint is not None else None,
+            "source_checkpoint_sha256": self.checkpoint_sha256,
+            "source": self.source,
+            "base_model": json.dumps(self.base_model, sort_keys=True) if self.base_model is not None else None,
+            "pruning_target": self.pruning_target,
+            "criterion": self.criterion,
+        }
+        return {key: value for key, value in values.items() if value is not None}
+
+
+def write_subnet_onnx(model: torch.nn.Module, out: str | Path, example: torch.Tensor, metadata: SubnetMetadata, *,
+                      check_inputs: Sequence[torch.Tensor] = (), opset: int = 18, dynamic_batch: bool = False,
+                      atol: float = 1e-4, exporter: str = "dynamo") -> ExportResult:
+    """Export one subnet deliverable (a subnet, or a pruned model) to ``out`` with the :class:`SubnetMetadata`
+    schema; the one exporter of ``nasforge export``, ``nasforge run`` and ``nasforge prune``.
+
+    Args:
+        model: the module to export (eval mode).
+        out: the ``.onnx`` file (written atomically, only if parity holds).
+        example: the traced input (its shape is recorded).
+        metadata: what the file says about itself.
+        check_inputs: more inputs for the parity check against PyTorch.
+        opset: ONNX opset.
+        dynamic_batch: a symbolic batch dimension.
+        atol: largest allowed absolute difference to PyTorch.
+        exporter: ``"dynamo"`` or ``"torchscript"``.
 
     Raises:
-        ConfigError: a missing file or unreadable JSON.
-        ArchitectureError: an architecture outside the space (the message names the gene).
+        ExportError: export or parity failed (nothing is written).
     """
-    space = net.space
-    if text in ("largest", "smallest"):
-        return space.largest() if text == "largest" else space.smallest()
-    path = Path(text)
-    if not text.lstrip().startswith("{"):
-        if not path.is_file():
-            raise ConfigError(f"--arch {text!r} is neither 'largest', 'smallest', JSON text nor an existing .json "
-                              "file")
-        text = path.read_text(encoding="utf-8")
-    try:
-        return space.canonical(Architecture.from_json(text))
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"--arch is not valid JSON: {exc}") from None
+    return export_onnx(model, example, out, opset=opset, dynamic_batch=dynamic_batch, metadata=metadata.to_dict(),
+                       check_inputs=check_inputs, atol=atol, exporter=exporter)
 
 
 def resolve_export_source(source: str | Path) -> tuple[Path, str | None, int | None, Path | None]:
@@ -192,18 +236,11 @@ def _export_locked(source: str | Path, out: Path, *, arch: str | Architecture | 
     checks = [val[i : i + 1] for i in range(len(val))]
     if dynamic_batch and len(val) > 1:
         checks.append(val)
-    metadata = {
-        "architecture": chosen.to_json(),
-        "supernet": net.space.name,
-        "dataset": spec,
-        "resolution": str(r),
-        "normalization_mean": json.dumps(list(splits.mean)),
-        "normalization_std": json.dumps(list(splits.std)),
-        "source_checkpoint": checkpoint.name,
-        "source_checkpoint_sha256": sha256_file(checkpoint),
-    }
-    result = export_onnx(sub, checks[0], out, opset=opset, dynamic_batch=dynamic_batch, metadata=metadata,
-                         check_inputs=checks[1:], atol=atol, exporter=exporter)
+    meta = SubnetMetadata(dataset=spec, mean=splits.mean, std=splits.std, resolution=r, arch=chosen,
+                          supernet=net.space.name, checkpoint=checkpoint, checkpoint_sha256=sha256_file(checkpoint))
+    result = write_subnet_onnx(sub, out, checks[0], meta, check_inputs=checks[1:], opset=opset,
+                               dynamic_batch=dynamic_batch, atol=atol, exporter=exporter)
+    metadata = meta.to_dict()
     exported = ExportedSubnet(path=out, arch=chosen, input_shape=tuple(checks[0].shape), metadata=metadata,
                               max_abs_diff=result.max_abs_diff, parity_inputs=result.parity_inputs,
                               real_inputs=len(checks), dynamic_batch=dynamic_batch)

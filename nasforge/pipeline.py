@@ -11,7 +11,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +21,9 @@ import torch
 from nasforge._version import __version__
 from nasforge.config import RunConfig, load_config, save_config
 from nasforge.data import DataSplits, Split, load_data
+from nasforge.deploy import SubnetMetadata, write_subnet_onnx
 from nasforge.errors import ConfigError
-from nasforge.export import export_onnx, measure_latency
+from nasforge.export import measure_latency
 from nasforge.io import atomic_write_json, sha256_file
 from nasforge.nas import SearchResult, TrialRecord, hypervolume_2d, pareto_front, run_search
 from nasforge.progress import ProgressReporter
@@ -35,7 +36,7 @@ from nasforge.supernets.evaluate import accuracy, calibrated_subnet, resize
 from nasforge.supernets.trainers import get_trainer
 from nasforge.train import fit_with_progress
 
-__all__ = ["RunSummary", "run_pipeline", "prepare_run_dir", "make_evaluator"]
+__all__ = ["RunSummary", "SubnetExport", "run_pipeline", "prepare_run_dir", "make_evaluator"]
 
 
 @dataclass
@@ -147,15 +148,15 @@ def _run_stages(cfg: RunConfig, out: Path, resume: bool, reporter: ProgressRepor
     timings["search_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    subnets = export_stage(cfg, net, data, out, result, reporter)
+    exports = export_stage(cfg, net, data, out, result, reporter)
     timings["export_s"] = time.perf_counter() - t0
 
     if cfg.compress.enabled:
         t0 = time.perf_counter()
-        compress_stage(cfg, net, data, out, subnets, reporter)
+        compress_stage(cfg, net, data, out, exports, reporter)
         timings["compress_s"] = time.perf_counter() - t0
 
-    summary = RunSummary(out, subnets, history, result, timings)
+    summary = RunSummary(out, [e.row for e in exports], history, result, timings)
     _mark_front(summary)
     write_report(cfg, data, summary)
     return summary
@@ -221,14 +222,12 @@ def make_evaluator(cfg: RunConfig, net: Supernet, data: DataSplits, scratch: Pat
     from nasforge.quantize import QuantConfig
     from nasforge.search import make_subnet_evaluator
 
-    wanted = " ".join(cfg.search.objectives + cfg.search.constraints)
-    # "latency" also matches int8_latency_ms, which is measured when both latency and int8 are on; the search
-    # quantizes like the compress stage does (compress.method / calibration; qat is static in the loop)
+    # what is measured and how comes from the search section (SearchSection.evaluator_options, as in `nasforge
+    # search`); latency is timed like the export stage and the search quantizes like the compress stage does
+    # (compress.method / calibration; qat is static in the loop)
     int8_config = QuantConfig(method=cfg.compress.method, calibration=cfg.compress.calibration)
-    return make_subnet_evaluator(net, data, calib_images=cfg.search.calib_images, latency="latency" in wanted,
-                                 latency_runs=cfg.search.latency_runs, latency_warmup=cfg.search.latency_warmup,
-                                 scratch=scratch, backend=cfg.export.backend, threads=cfg.export.threads,
-                                 int8="int8" in wanted, int8_config=int8_config)
+    return make_subnet_evaluator(net, data, **cfg.search.evaluator_options(), scratch=scratch,
+                                 backend=cfg.export.backend, threads=cfg.export.threads, int8_config=int8_config)
 
 
 def search_stage(cfg: RunConfig, net: Supernet, data: DataSplits, out: Path,
@@ -236,18 +235,14 @@ def search_stage(cfg: RunConfig, net: Supernet, data: DataSplits, out: Path,
     """Run (or resume) the Optuna study over the trained supernet."""
     scratch = out / ".scratch"
     scratch.mkdir(exist_ok=True)
-    storage = cfg.search.storage or str(RunFolder(out).study)
     evaluate = make_evaluator(cfg, net, data, scratch)
     with reporter.task("search", total=cfg.search.trials) as task:
         def progress(done: int, total: int, rec: TrialRecord) -> None:
             shown = "  ".join(f"{k} {v:.4g}" for k, v in rec.metrics.items() if k in cfg.search.objectives)
             task.update(done, f"trial {rec.number} {rec.state} {shown}")
 
-        result = run_search(net.space, evaluate, objectives=cfg.search.objectives,
-                            constraints=cfg.search.constraints, n_trials=cfg.search.trials,
-                            sampler=cfg.search.sampler, storage=storage, study_name=cfg.search.study,
-                            seed=cfg.seed, progress=progress,
-                            initial=(net.space.largest(), net.space.smallest()))
+        result = run_search(net.space, evaluate, **cfg.search.search_options(), storage=cfg.search.storage_in(out),
+                            seed=cfg.seed, progress=progress, initial=(net.space.largest(), net.space.smallest()))
     shutil.rmtree(scratch, ignore_errors=True)
     result.to_csv(RunFolder(out).trials)
     result.to_json(out / "search.json")
@@ -264,45 +259,52 @@ def _pick(front: list[TrialRecord], k: int) -> list[TrialRecord]:
     return [front[i] for i in idx]
 
 
+@dataclass
+class SubnetExport:
+    """One exported subnet, kept in memory for the compress stage: its ``metrics.json`` row, architecture, the
+    BN-recalibrated model that was exported (extracted and recalibrated once per run) and the file's metadata."""
+
+    row: dict[str, Any]
+    arch: Architecture
+    model: torch.nn.Module
+    metadata: SubnetMetadata
+
+
 def export_stage(cfg: RunConfig, net: Supernet, data: DataSplits, out: Path, result: SearchResult,
-                 reporter: ProgressReporter) -> list[dict[str, Any]]:
+                 reporter: ProgressReporter) -> list[SubnetExport]:
     """Export the chosen front subnets to ONNX (parity-checked), measure test accuracy and latency."""
     chosen = _pick(result.front, cfg.export.max_subnets)
     chosen.sort(key=lambda r: net.macs(r.arch))
-    ckpt_hash = sha256_file(RunFolder(out).supernet)
-    rows = []
+    folder = RunFolder(out)
+    ckpt_hash = sha256_file(folder.supernet)
+    exports: list[SubnetExport] = []
     with reporter.task("export", total=len(chosen)) as task:
         for k, rec in enumerate(chosen):
-            rows.append(_export_one(cfg, net, data, RunFolder(out).subnet(k), rec, k, ckpt_hash))
-            task.advance(1, f"subnet {k}: {rows[-1]['latency_ms']['median_ms']:.3f} ms, "
-                            f"test acc {rows[-1]['test_acc']:.3f}")
-    return rows
-
-
-def _subnet_metadata(cfg: RunConfig, data: DataSplits, arch: Architecture, r: int, ckpt_hash: str) -> dict[str, str]:
-    return {
-        "architecture": arch.to_json(), "supernet": cfg.supernet.name, "dataset": cfg.data.spec,
-        "resolution": str(r), "normalization_mean": str(list(data.mean)), "normalization_std": str(list(data.std)),
-        "source_checkpoint_sha256": ckpt_hash,
-    }
+            exports.append(_export_one(cfg, net, data, folder, rec, k, ckpt_hash))
+            row = exports[-1].row
+            task.advance(1, f"subnet {k}: {row['latency_ms']['median_ms']:.3f} ms, test acc {row['test_acc']:.3f}")
+    return exports
 
 
 def _export_subnet(cfg: RunConfig, data: DataSplits, model: torch.nn.Module, r: int, path: Path,
-                   metadata: dict[str, str]) -> Any:
+                   metadata: SubnetMetadata) -> Any:
     """Export with the run's ONNX settings, parity-checked on real validation images."""
     real = [resize(data.val.head(1), r), resize(data.val.head(2)[1:2], r)]
     if cfg.export.dynamic_batch:
         real.append(resize(data.val.head(16), r))
-    return export_onnx(model, real[0], path, opset=cfg.export.opset, dynamic_batch=cfg.export.dynamic_batch,
-                       metadata=metadata, check_inputs=real, atol=cfg.export.atol, exporter=cfg.export.exporter)
+    return write_subnet_onnx(model, path, real[0], metadata, check_inputs=real, opset=cfg.export.opset,
+                             dynamic_batch=cfg.export.dynamic_batch, atol=cfg.export.atol,
+                             exporter=cfg.export.exporter)
 
 
-def _export_one(cfg: RunConfig, net: Supernet, data: DataSplits, folder: Path, rec: TrialRecord, k: int,
-                ckpt_hash: str) -> dict[str, Any]:
+def _export_one(cfg: RunConfig, net: Supernet, data: DataSplits, run: RunFolder, rec: TrialRecord, k: int,
+                ckpt_hash: str) -> SubnetExport:
+    folder = run.subnet(k)
     arch = net.space.canonical(rec.arch)
     r = net.resolution(arch)
     sub = calibrated_subnet(net, arch, data.train.head(cfg.search.calib_images), cfg.search.calib_images)
-    metadata = _subnet_metadata(cfg, data, arch, r, ckpt_hash)
+    metadata = SubnetMetadata(dataset=cfg.data.spec, mean=data.mean, std=data.std, resolution=r, arch=arch,
+                              supernet=cfg.supernet.name, checkpoint=run.supernet, checkpoint_sha256=ckpt_hash)
     exported = _export_subnet(cfg, data, sub, r, folder / "model.onnx", metadata)
     test_acc = _onnx_accuracy(folder / "model.onnx", resize(data.test.x, r), data.test.y)
     with torch.no_grad():
@@ -317,23 +319,27 @@ def _export_one(cfg: RunConfig, net: Supernet, data: DataSplits, folder: Path, r
     }
     atomic_write_json(folder / "arch.json", arch.to_dict())
     atomic_write_json(folder / "metrics.json", row)
-    return row
+    return SubnetExport(row, arch, sub, metadata)
 
 
 # -- compression: pruning and INT8 quantization of the exported subnets ----------------------------------------
-def compress_stage(cfg: RunConfig, net: Supernet, data: DataSplits, out: Path, subnets: list[dict[str, Any]],
+def compress_stage(cfg: RunConfig, net: Supernet, data: DataSplits, out: Path, subnets: list[SubnetExport],
                    reporter: ProgressReporter) -> None:
     """Prune (``compress.prune``) and/or quantize (``compress.quantize``) every exported subnet into
     ``subnets/<k>/compressed/`` and add ``row["compressed"]`` to its row and ``metrics.json`` (rewritten atomically).
 
-    Redone in full on resume, like the export.
+    Each subnet's exported, BN-recalibrated model is compressed (not extracted again; it is changed in place),
+    under the global torch seed ``cfg.seed + k`` for subnet ``k`` (fine-tuning's dropout), so the results do not
+    depend on what drew random numbers before. Redone in full on resume, like the export.
     """
     folder = RunFolder(out)
-    ckpt_hash = sha256_file(folder.supernet)
     with reporter.task("compress", total=len(subnets)) as task:
-        for row in subnets:
+        for exported in subnets:
+            row = exported.row
             subnet = folder.subnet(row["subnet"])
-            row["compressed"] = _compress_one(cfg, net, data, subnet, row, ckpt_hash)
+            with torch.random.fork_rng(devices=[]):  # fine-tuning's dropout: seeded per subnet, reproducible
+                torch.manual_seed(cfg.seed + int(row["subnet"]))
+                row["compressed"] = _compress_one(cfg, net, data, subnet, exported)
             atomic_write_json(subnet / "metrics.json", row)
             task.advance(1, f"subnet {row['subnet']}: " + _compress_status(row["compressed"]))
 
@@ -357,20 +363,18 @@ def _device(cfg: RunConfig) -> Any:
                   runs=cfg.export.runs, warmup=cfg.export.warmup)
 
 
-def _compress_one(cfg: RunConfig, net: Supernet, data: DataSplits, folder: Path, row: dict[str, Any],
-                  ckpt_hash: str) -> dict[str, Any]:
+def _compress_one(cfg: RunConfig, net: Supernet, data: DataSplits, folder: Path,
+                  exported: SubnetExport) -> dict[str, Any]:
     """Prune and/or quantize one exported subnet as ``cfg.compress`` asks; return its ``pruned``/``int8`` rows."""
-    c = cfg.compress
-    arch = net.space.canonical(row["arch"])
-    r = int(row["resolution"])
+    c, row, model = cfg.compress, exported.row, exported.model
+    r = net.resolution(exported.arch)
     (folder / "compressed").mkdir(parents=True, exist_ok=True)
-    model = calibrated_subnet(net, arch, data.train.head(cfg.search.calib_images), cfg.search.calib_images)
     fp32_ms = float(row["latency_ms"]["median_ms"])
     test_x = resize(data.test.x, r)
     result: dict[str, Any] = {}
     source = folder / "model.onnx"
     if c.prune is not None:
-        model, result["pruned"] = _prune_subnet(cfg, net, data, folder, model, arch, r, ckpt_hash, test_x)
+        model, result["pruned"] = _prune_subnet(cfg, net, data, folder, exported, test_x)
         source = folder / "compressed" / "pruned.onnx"
         if not c.quantize:  # otherwise quantize() times the pruned file next to its INT8 version
             ms = measure_latency(source, backend=cfg.export.backend, runs=cfg.export.runs, warmup=cfg.export.warmup,
@@ -383,8 +387,8 @@ def _compress_one(cfg: RunConfig, net: Supernet, data: DataSplits, folder: Path,
     return result
 
 
-def _prune_subnet(cfg: RunConfig, net: Supernet, data: DataSplits, folder: Path, model: torch.nn.Module,
-                  arch: Architecture, r: int, ckpt_hash: str, test_x: torch.Tensor) -> tuple[torch.nn.Module, dict[str, Any]]:
+def _prune_subnet(cfg: RunConfig, net: Supernet, data: DataSplits, folder: Path, exported: SubnetExport,
+                  test_x: torch.Tensor) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Prune (and fine-tune) one subnet; save ``compressed/pruned.pt`` and ``.onnx``; return it and its row."""
     from nasforge.export import device_latency
     from nasforge.prune import (
@@ -396,13 +400,14 @@ def _prune_subnet(cfg: RunConfig, net: Supernet, data: DataSplits, folder: Path,
         train_classifier,
     )
 
-    c, comp = cfg.compress, folder / "compressed"
+    c, comp, arch = cfg.compress, folder / "compressed", exported.arch
+    r = net.resolution(arch)
     train = Split(resize(data.train.x, r), data.train.y)
     shape = tuple(net.input_shape(arch))
     latency = (device_latency(_device(cfg), torch.zeros(1, *shape))
                if parse_target(c.prune).kind == "latency_ms" else None)
     loss_fn = make_loss_fn(train, seed=cfg.seed) if get_criterion(c.criterion).needs_grad else None
-    model, rep = prune(model, resize(data.val.head(2), r), target=c.prune, criterion=c.criterion,
+    model, rep = prune(exported.model, resize(data.val.head(2), r), target=c.prune, criterion=c.criterion,
                        round_to=c.round_to, latency=latency, loss_fn=loss_fn)
     if c.finetune_epochs > 0:
         train_classifier(model, train, epochs=c.finetune_epochs, lr=0.01, seed=cfg.seed)
@@ -411,15 +416,14 @@ def _prune_subnet(cfg: RunConfig, net: Supernet, data: DataSplits, folder: Path,
             "arch": arch.to_dict()}
     save_pruned(comp / "pruned.pt", model, base=base, input_shape=list(shape), history=rep.history,
                 extra={"data_spec": cfg.data.spec})
-    metadata = {**_subnet_metadata(cfg, data, arch, r, ckpt_hash), "pruning_target": c.prune,
-                "criterion": c.criterion}
-    exported = _export_subnet(cfg, data, model, r, comp / "pruned.onnx", metadata)
+    metadata = replace(exported.metadata, base_model=base, pruning_target=c.prune, criterion=c.criterion)
+    written = _export_subnet(cfg, data, model, r, comp / "pruned.onnx", metadata)
     return model, {
         "onnx": "compressed/pruned.onnx", "model": "compressed/pruned.pt", "target": c.prune,
         "criterion": c.criterion, "finetune_epochs": c.finetune_epochs, "macs_before": rep.macs_before,
         "macs_after": rep.macs_after, "macs_reduction": rep.macs_reduction, "params_before": rep.params_before,
         "params_after": rep.params_after, "val_acc": accuracy(model, data.val.x, data.val.y, r),
-        "test_acc": _onnx_accuracy(comp / "pruned.onnx", test_x, data.test.y), "max_abs_diff": exported.max_abs_diff,
+        "test_acc": _onnx_accuracy(comp / "pruned.onnx", test_x, data.test.y), "max_abs_diff": written.max_abs_diff,
     }
 
 

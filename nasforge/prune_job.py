@@ -11,7 +11,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -20,6 +20,9 @@ from nasforge.data import DataSplits, load_data
 from nasforge.errors import CheckpointError, ConfigError
 from nasforge.io import atomic_write_json, atomic_write_text, load_torch_file
 from nasforge.runlock import run_lock
+
+if TYPE_CHECKING:
+    from nasforge.deploy import SubnetMetadata
 
 __all__ = ["PruneSource", "resolve_prune_source", "PruneJob", "run_prune_job"]
 
@@ -34,6 +37,7 @@ class PruneSource:
     data: DataSplits
     trained: bool
     description: str
+    checkpoint: Path | None = None
 
 
 def _parse_zoo(text: str) -> tuple[str, dict[str, Any]]:
@@ -85,7 +89,8 @@ def _zoo_source(source: str, data_spec: str | None, weights: str | Path | None, 
 
 
 def _subnet_source(source: str, arch: str | None, data_spec: str | None, seed: int) -> PruneSource:
-    from nasforge.deploy import read_arch_spec, resolve_export_source
+    from nasforge.archspec import read_arch_spec
+    from nasforge.deploy import resolve_export_source
     from nasforge.supernets.checkpoint import load_supernet
     from nasforge.supernets.evaluate import calibrated_subnet
 
@@ -100,7 +105,7 @@ def _subnet_source(source: str, arch: str | None, data_spec: str | None, seed: i
     sub = calibrated_subnet(net, chosen, data.train.x, 2000)
     base = {"kind": "subnet", "supernet": state["supernet"], "options": state.get("supernet_options", {}),
             "arch": chosen.to_dict()}
-    return PruneSource(sub, base, [], data, True, f"subnet {chosen.to_json()} of {checkpoint}")
+    return PruneSource(sub, base, [], data, True, f"subnet {chosen.to_json()} of {checkpoint}", checkpoint)
 
 
 def resolve_prune_source(source: str, *, arch: str | None = None, data: str | None = None,
@@ -244,19 +249,34 @@ def _write_outputs(job: PruneJob, src: PruneSource, model: nn.Module, report: An
                 extra={"data_spec": data.spec, "report": _plain(report.to_dict())})
     result = report.to_dict()
     if job.export:
-        from nasforge.export import export_onnx
+        from nasforge.deploy import write_subnet_onnx
 
         checks = [data.val.x[i : i + 1] for i in range(4)]
-        exported = export_onnx(model, checks[0], out / "model.onnx", check_inputs=checks[1:], metadata={
-            "source": job.source, "pruning_target": job.target, "criterion": job.criterion,
-            "normalization_mean": json.dumps(list(data.mean)), "normalization_std": json.dumps(list(data.std)),
-            "dataset": data.spec})
+        exported = write_subnet_onnx(model, out / "model.onnx", checks[0], _onnx_metadata(job, src, data),
+                                     check_inputs=checks[1:])
         result["onnx"] = {"path": str(exported.path), "max_abs_diff": exported.max_abs_diff}
     result["job"] = job.to_dict()
     atomic_write_json(out / "report.json", _plain(result))
     atomic_write_text(out / "report.md", _markdown(result))
     _plot_widths(report.widths, out / "widths.png")
     return result
+
+
+def _onnx_metadata(job: PruneJob, src: PruneSource, data: DataSplits) -> SubnetMetadata:
+    """The :class:`~nasforge.deploy.SubnetMetadata` of the pruned model's ONNX file (the base subnet's architecture,
+    supernet and checkpoint where the model came from one)."""
+    from nasforge.deploy import SubnetMetadata
+    from nasforge.io import sha256_file
+    from nasforge.supernets import Architecture
+
+    subnet = src.base.get("kind") == "subnet"
+    shape = data.val.x.shape
+    return SubnetMetadata(
+        dataset=data.spec, mean=data.mean, std=data.std, resolution=int(shape[-1]) if len(shape) == 4 else None,
+        arch=Architecture.from_dict(src.base["arch"]) if subnet else None,
+        supernet=src.base.get("supernet") if subnet else None, checkpoint=src.checkpoint,
+        checkpoint_sha256=sha256_file(src.checkpoint) if src.checkpoint is not None else None,
+        source=job.source, base_model=src.base, pruning_target=job.target, criterion=job.criterion)
 
 
 def _plain(obj: Any) -> Any:

@@ -19,13 +19,14 @@ from __future__ import annotations
 import json
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import KW_ONLY, asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from nasforge.config import SEARCH_COMMAND_OBJECTIVES, SearchSection
 from nasforge.data import DataSplits, load_data
 from nasforge.errors import ConfigError
 from nasforge.io import atomic_write_json, atomic_write_text
@@ -33,7 +34,6 @@ from nasforge.nas import (
     SearchResult,
     SearchWorkerError,
     SupervisorReport,
-    check_search_settings,
     hypervolume_2d,
     nni_strategy,
     parse_objective,
@@ -58,30 +58,37 @@ __all__ = ["SearchJob", "make_subnet_evaluator", "resumed_job", "run_search_job"
 
 
 @dataclass(frozen=True)
-class SearchJob:
-    """Everything a worker needs (plain data, so it crosses process boundaries)."""
+class SearchJob(SearchSection):
+    """Everything a worker needs (plain data, so it crosses process boundaries): the search options of
+    :class:`~nasforge.config.SearchSection` (shared with ``nasforge run``'s ``search:`` section, defaults
+    included) and what only a standalone search has. ``nasforge search`` builds it with :meth:`for_cli`.
+
+    Its settings are checked when it runs (:func:`run_search_job`), after the output folder, not when built.
+    """
 
     checkpoint: str
     data: str
     out: str
-    objectives: tuple[str, ...] = ("accuracy", "macs")
-    constraints: tuple[str, ...] = ()
-    sampler: str = "tpe"
-    trials: int = 40
-    storage: str | None = None
-    study: str = "nasforge"
+    _: KW_ONLY
     seed: int = 0
-    calib_images: int = 500
     image_size: int | None = None
-    latency_runs: int = 50
     heartbeat: float = 10.0
     latency_table: str | None = None
     accept_latency_error: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        """Nothing: :func:`run_search_job` checks the settings (:meth:`SearchSection.check`)."""
+
+    @classmethod
+    def for_cli(cls, **values: Any) -> SearchJob:
+        """The job of ``nasforge search``: ``values`` with that command's default objectives
+        (:data:`~nasforge.config.SEARCH_COMMAND_OBJECTIVES`) where none are given."""
+        return cls(**{"objectives": SEARCH_COMMAND_OBJECTIVES, **values})
+
     @property
     def storage_url(self) -> str:
-        return self.storage or str(RunFolder(self.out).study)
+        return self.storage_in(self.out)
 
 
 def resolve_source(source: str | Path) -> tuple[Path, str | None, int | None]:
@@ -185,13 +192,12 @@ def _worker(job: SearchJob, worker: int) -> SearchResult:
     net, _ = load_supernet(job.checkpoint)
     size = job.image_size or net.resolution(net.space.largest())
     data = load_data(job.data, image_size=size, seed=job.seed)
-    wanted = " ".join(job.objectives + job.constraints)
     cost_fns: dict[str, Callable[[Architecture], float]] = {"macs": net.macs, "params": net.params}
     table_fn = _table_latency(job, net)
-    # a latency table predicts FP32 latency_ms only: int8_latency_ms is measured (latency_ms too, then overridden)
-    measure = ("latency" in wanted and table_fn is None) or "int8_latency" in wanted
-    evaluate = make_subnet_evaluator(net, data, calib_images=job.calib_images, latency=measure,
-                                     latency_runs=job.latency_runs, scratch=Path(job.out), int8="int8" in wanted)
+    options = job.evaluator_options()
+    if table_fn is not None:  # a table predicts FP32 latency_ms only: int8_latency_ms is measured (latency_ms too)
+        options["latency"] = job.needs("int8_latency")
+    evaluate = make_subnet_evaluator(net, data, scratch=Path(job.out), **options)
     if table_fn is not None:  # latency_ms from the device's latency table instead of measuring every trial
         cost_fns["latency_ms"] = table_fn
         measured = evaluate
@@ -209,8 +215,7 @@ def _worker(job: SearchJob, worker: int) -> SearchResult:
         from nasforge.nas import NniSearcher
 
         sampler = NniSearcher(strategy=nni_strategy(sampler), workdir=job.out)
-    return run_search(net.space, evaluate, objectives=job.objectives, constraints=job.constraints,
-                      n_trials=job.trials, sampler=sampler, storage=job.storage_url, study_name=job.study,
+    return run_search(net.space, evaluate, **{**job.search_options(), "sampler": sampler}, storage=job.storage_url,
                       seed=job.seed + 1000 * worker, initial=(net.space.largest(), net.space.smallest()),
                       heartbeat=job.heartbeat)
 
@@ -272,7 +277,7 @@ def _run_search_job(job: SearchJob, *, workers: int, resume: bool, log: Callable
         raise ConfigError("the NNI backend runs one sequential worker; use --workers 1 or an Optuna sampler")
     # unknown metrics, a malformed constraint, an unknown sampler (or one whose extra is missing) fail before
     # anything is written
-    check_search_settings(job.objectives, job.constraints, job.sampler)
+    job.check()
     if job.latency_table is not None:  # so does a table that is unreadable, for another supernet or untrusted
         _table_latency(job, load_supernet(job.checkpoint)[0], warn=log)
     resolve_storage(job.storage_url)  # and a missing database driver or an unreachable database
@@ -311,8 +316,9 @@ def resumed_job(out: str | Path, given: dict[str, Any]) -> SearchJob:
         raise ConfigError(f"nothing to resume in {out} (no search_job.json); start it without --resume")
     try:
         saved = json.loads(record.read_text(encoding="utf-8"))
-        names = {f for f in SearchJob.__dataclass_fields__}
-        job = SearchJob(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in saved.items() if k in names})
+        names = {f for f in SearchJob.__dataclass_fields__}  # "workers" is recorded next to the job, not in it
+        job = SearchJob.for_cli(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in saved.items()
+                                   if k in names})
     except (OSError, ValueError, TypeError) as exc:
         raise ConfigError(f"{record} is unreadable ({exc}); restore it or start a new search in another --out") \
             from None

@@ -88,3 +88,41 @@ def test_unreadable_config_file_is_a_config_error(tmp_path: Path) -> None:
     path.chmod(0)
     with pytest.raises(ConfigError, match="cannot read config file .* check its permissions"):
         load_config(path)
+
+
+def test_one_home_for_the_search_options() -> None:
+    """`nasforge run`'s search section and `nasforge search`'s job are one class: same options, same defaults."""
+    from dataclasses import fields
+
+    from nasforge.config import SEARCH_COMMAND_OBJECTIVES, SearchSection
+    from nasforge.search import SearchJob
+
+    assert issubclass(SearchJob, SearchSection) and type(RunConfig().search) is SearchSection
+    shared = {f.name for f in fields(SearchSection)}
+    job = SearchJob.for_cli(checkpoint="c.pt", data="digits", out="o")
+    section = RunConfig().search
+    # every shared option has the same default in both commands, except nasforge search's objectives
+    assert {k: getattr(job, k) for k in shared} == {**{k: getattr(section, k) for k in shared},
+                                                     "objectives": SEARCH_COMMAND_OBJECTIVES}
+    assert (section.objectives, job.objectives) == (("accuracy", "latency_ms"), ("accuracy", "macs"))
+    assert (section.trials, job.trials, job.seed, RunConfig().seed) == (40, 40, 0, 0)
+    # both commands build their search from the section's methods
+    assert section.search_options() == {"objectives": ("accuracy", "latency_ms"), "constraints": (), "n_trials": 40,
+                                        "sampler": "tpe", "study_name": "nasforge"}
+    assert section.evaluator_options() == {"calib_images": 500, "latency": True, "int8": False,
+                                           "latency_runs": 50, "latency_warmup": 10}
+    assert job.evaluator_options()["latency"] is False and job.storage_url == section.storage_in("o")
+    assert SearchSection(objectives=("int8_accuracy",)).evaluator_options()["int8"] is True
+
+
+def test_search_settings_are_checked_by_the_section() -> None:
+    from nasforge.config import SearchSection
+    from nasforge.search import SearchJob
+
+    with pytest.raises(ConfigError, match="config section 'search': unknown sampler 'sobol'"):
+        config_from_dict({"search": {"sampler": "sobol"}})
+    job = SearchJob.for_cli(checkpoint="c.pt", data="digits", out="o", sampler="sobol")  # checked when it runs
+    with pytest.raises(ConfigError, match="unknown sampler 'sobol'"):
+        job.check()
+    with pytest.raises(ConfigError, match="'bogus'"):
+        SearchSection(objectives=("accuracy", "bogus"))

@@ -120,3 +120,26 @@ def test_search_uses_the_latency_table(run_folder: Path, tmp_path: Path) -> None
     res = run_cli("search", str(run_folder), "--out", str(tmp_path / "s3"), "--objectives", "accuracy,latency_ms",
                   "--latency-table", str(table))
     assert res.returncode == 2 and "another CPU (Cortex-A72" in res.stderr and not (tmp_path / "s3").exists()
+
+
+#: The metadata every subnet deliverable of a supernet carries (nasforge.deploy.SubnetMetadata, plus the keys
+#: export_onnx adds); test_pipeline.py checks `nasforge run`'s files against the same schema.
+SUBNET_KEYS = {"architecture", "supernet", "dataset", "resolution", "normalization_mean", "normalization_std",
+               "source_checkpoint", "source_checkpoint_sha256", "nasforge_version", "input_shape"}
+
+
+def test_export_and_prune_write_one_metadata_schema(run_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "m.onnx"
+    res = run_cli("export", str(run_folder), "--arch", "largest", "--out", str(out), "--exporter", "torchscript")
+    assert res.returncode == 0, res.stderr[-2000:]
+    res = run_cli("prune", str(run_folder), "--arch", "largest", "--target", "macs=0.8", "--finetune-epochs", "0",
+                  "--device", "none", "--out", str(tmp_path / "p"))
+    assert res.returncode == 0, res.stderr[-2000:]
+    exported, pruned = read_metadata(out), read_metadata(tmp_path / "p" / "model.onnx")
+    assert SUBNET_KEYS <= set(exported) and SUBNET_KEYS <= set(pruned)
+    # the same subnet of the same checkpoint (the largest: prune loads the data at the subnet's resolution, export
+    # at the run's image size, and the normalisation statistics are those of the data as loaded)
+    for key in SUBNET_KEYS - {"nasforge_version", "input_shape"}:
+        assert exported[key] == pruned[key], key
+    assert {"source", "base_model", "pruning_target", "criterion"} <= set(pruned) - set(exported)
+    assert json.loads(pruned["base_model"])["kind"] == "subnet" and pruned["pruning_target"] == "macs=0.8"

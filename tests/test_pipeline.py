@@ -73,6 +73,28 @@ def test_exported_subnets_match_pytorch_and_run_in_onnxruntime(quick_run: Path) 
         assert 0 < lat["min_ms"] <= lat["median_ms"] <= lat["p90_ms"] and lat["runs"] >= 200
 
 
+#: The metadata every subnet deliverable carries (as in test_deploy_cli.py).
+SUBNET_KEYS = {"architecture", "supernet", "dataset", "resolution", "normalization_mean", "normalization_std",
+               "source_checkpoint", "source_checkpoint_sha256", "nasforge_version", "input_shape"}
+
+
+@pytest.mark.slow
+def test_run_export_and_prune_files_share_one_metadata_schema(quick_run: Path, tmp_path: Path) -> None:
+    subnet = quick_run / "subnets" / "0"
+    res = run_cli("export", str(subnet), "--out", str(tmp_path / "e.onnx"), "--exporter", "torchscript")
+    assert res.returncode == 0, res.stderr[-2000:]
+    res = run_cli("prune", str(subnet), "--target", "macs=0.8", "--finetune-epochs", "0", "--device", "none",
+                  "--out", str(tmp_path / "p"))
+    assert res.returncode == 0, res.stderr[-2000:]
+    files = {"run": subnet / "model.onnx", "export": tmp_path / "e.onnx", "prune": tmp_path / "p" / "model.onnx"}
+    metas = {name: read_metadata(path) for name, path in files.items()}
+    for name, meta in metas.items():
+        assert SUBNET_KEYS <= set(meta), (name, SUBNET_KEYS - set(meta))
+    for key in ("architecture", "dataset", "resolution", "source_checkpoint", "source_checkpoint_sha256"):
+        assert metas["run"][key] == metas["export"][key] == metas["prune"][key], key
+    assert {"source", "base_model", "pruning_target", "criterion"} <= set(metas["prune"]) - set(metas["run"])
+
+
 @pytest.mark.slow
 def test_study_is_a_plain_optuna_study(quick_run: Path) -> None:
     from optuna.storages import JournalStorage

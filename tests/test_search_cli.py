@@ -161,7 +161,7 @@ def test_search_that_gave_up_writes_results_then_one_line(tmp_path: Path) -> Non
     from nasforge.supernets.arch import Dimension, SearchSpace
 
     out = tmp_path / "gave-up"
-    job = SearchJob(checkpoint="unused.pt", data="digits", out=str(out), trials=6, sampler="random")
+    job = SearchJob.for_cli(checkpoint="unused.pt", data="digits", out=str(out), trials=6, sampler="random")
     space = SearchSpace("toy", (Dimension("w", (1, 2, 3, 4), 3),))
     with pytest.raises(SearchWorkerError, match="nothing to write"):  # no worker created the study
         _finish(job, out, SupervisorReport(gave_up="a search worker kept dying: 3 deaths"))

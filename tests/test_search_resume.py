@@ -88,3 +88,19 @@ def test_bad_search_settings_fail_before_any_work(tmp_path: Path, args: list[str
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and needle in err, err
     assert not (tmp_path / "s").exists()
+
+
+def test_resume_reads_a_record_of_an_older_nasforge(tmp_path: Path) -> None:
+    """A search_job.json written before the job shared the run config's search section (no latency_warmup,
+    the old key order) resumes with the recorded settings and the defaults of the options it lacks."""
+    out = tmp_path / "old"
+    out.mkdir()
+    atomic_write_json(out / "search_job.json", {
+        "checkpoint": "c.pt", "data": "digits", "out": str(out), "objectives": ["accuracy", "macs"],
+        "constraints": ["macs<=5e6"], "sampler": "nsga2", "trials": 6, "storage": None, "study": "nasforge",
+        "seed": 3, "calib_images": 200, "image_size": None, "latency_runs": 50, "heartbeat": 10.0,
+        "latency_table": None, "accept_latency_error": False, "extra": {}, "workers": 2})
+    job = resumed_job(out, {"trials": 9})
+    assert (job.objectives, job.constraints, job.sampler, job.trials, job.seed, job.calib_images) == (
+        ("accuracy", "macs"), ("macs<=5e6",), "nsga2", 9, 3, 200)
+    assert job.latency_warmup == 10 and job.storage_url == str(out / "study.journal")

@@ -1,17 +1,16 @@
-"""`nasforge prune` and `nasforge prune meta-train` end to end (one real subprocess, the rest in-process)."""
+"""`nasforge prune` and `nasforge prune meta-train` end to end, in-process (`python -m nasforge` itself is covered by
+tests/test_cli.py)."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from inprocess_cli import run_cli
 
 from nasforge.cli import main
 from nasforge.prune import load_pruned
@@ -25,9 +24,8 @@ ZOO = "zoo:resnet8?widths=[8,8,16]"
 @pytest.fixture(scope="module")
 def pruned_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("pruned")
-    res = subprocess.run([sys.executable, "-m", "nasforge", "prune", ZOO, "--data", DATA, "--train-epochs", "1",
-                          "--finetune-epochs", "1", "--target", "macs=2x", "--out", str(out), "--json"],
-                         capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    res = run_cli("prune", ZOO, "--data", DATA, "--train-epochs", "1", "--finetune-epochs", "1", "--target", "macs=2x",
+                  "--out", str(out), "--json", env={"OMP_NUM_THREADS": "1"}, torch_threads=1)
     assert res.returncode == 0, res.stderr[-2000:]
     report = json.loads(res.stdout)
     assert report["macs_after"] <= 0.5 * report["macs_before"]

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import onnx
 import pytest
 import torch
+from inprocess_cli import run_cli
 
 from nasforge.cli import main
 
@@ -20,9 +18,8 @@ def test_quantize_command(cnn, tmp_path: Path) -> None:
     out = tmp_path / "int8" / "model.int8.onnx"
     devices = tmp_path / "devices.yaml"
     devices.write_text("devices:\n  quick: {backend: ort-cpu, runs: 20, warmup: 2}\n")
-    res = subprocess.run([sys.executable, "-m", "nasforge", "quantize", str(fp32), "--device", "quick", "--devices",
-                          str(devices), "--batch", "1,4", "--calibration", "percentile", "--out", str(out)],
-                         capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    res = run_cli("quantize", str(fp32), "--device", "quick", "--devices", str(devices), "--batch", "1,4",
+                  "--calibration", "percentile", "--out", str(out), env={"OMP_NUM_THREADS": "1"}, torch_threads=1)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "| accuracy (" in res.stdout and "| batch | FP32 p50 ms |" in res.stdout
     assert "reduce_range=" in res.stderr  # the decision and its reason are logged
