@@ -42,6 +42,7 @@ from nasforge.registry import announce
 
 from . import _gpu_profilers, _profilers, _remote  # noqa: F401  (register the backends; nothing heavy imported)
 from ._agent import AgentConfig, make_server, read_token_file, serve, write_token_file
+from ._formats import ExportFormat, get_export_format, list_export_formats, register_export_format
 from ._latency import (
     LatencyResult,
     MeasureSettings,
@@ -126,6 +127,10 @@ __all__ = [
     "slim_onnx",
     "TrtBuildConfig",
     "build_engine",
+    "ExportFormat",
+    "get_export_format",
+    "list_export_formats",
+    "register_export_format",
     "graph_precision",
     "plan_build",
     "tensorrt_version",

@@ -25,7 +25,8 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
                     "normalisation, nasforge version and the checkpoint's SHA-256.")
     export.add_argument("source", help="checkpoint, run folder, or RUN/subnets/K")
     export.add_argument("--arch", help=f"{ARCH_HELP} (default: the subnet folder's arch.json, else largest)")
-    export.add_argument("--format", dest="fmt", default="onnx", choices=["onnx", "tensorrt"])
+    export.add_argument("--format", dest="fmt", default="onnx", type=_export_format,
+                        help="a registered export format: onnx (default), or tensorrt (an engine beside the ONNX file)")
     export.add_argument("--out", type=Path, required=True, help="the .onnx file to write")
     export.add_argument("--data", help="dataset spec for BN recalibration and parity (default: the run's own)")
     export.add_argument("--dynamic-batch", action="store_true", help="a symbolic batch dimension")
@@ -69,6 +70,15 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     validate.add_argument("--json", action="store_true", help="print the report as JSON")
     validate.set_defaults(func=_cmd_validate_table)
     latency.set_defaults(func=lambda args: _usage(latency))
+
+
+def _export_format(name: str) -> str:
+    """``--format``: a name in the export-format registry (imported only when the option is given)."""
+    from nasforge.export import list_export_formats
+
+    if name not in list_export_formats():
+        raise argparse.ArgumentTypeError(f"invalid choice: {name!r} (choose from {', '.join(list_export_formats())})")
+    return name
 
 
 def _usage(parser: argparse.ArgumentParser) -> int:

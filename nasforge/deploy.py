@@ -20,7 +20,7 @@ import torch
 from nasforge.archspec import read_arch_spec
 from nasforge.data import load_data
 from nasforge.errors import ConfigError
-from nasforge.export import ExportResult, export_onnx
+from nasforge.export import ExportResult, export_onnx, get_export_format, list_export_formats
 from nasforge.io import sha256_file
 from nasforge.runfolder import resolve_run_source
 from nasforge.runlock import file_lock
@@ -31,7 +31,7 @@ from nasforge.supernets.evaluate import calibrated_subnet, resize
 __all__ = ["ExportedSubnet", "SubnetMetadata", "export_subnet", "read_arch_spec", "resolve_export_source",
            "write_subnet_onnx"]
 
-FORMATS = ("onnx", "tensorrt")
+FORMATS = tuple(list_export_formats())  #: ``nasforge export --format`` names (the export-format registry)
 
 
 @dataclass
@@ -248,9 +248,5 @@ def _export_locked(source: str | Path, out: Path, *, arch: str | Architecture | 
         from nasforge.export import slim_onnx
 
         exported.slimmed = slim_onnx(out, [c.numpy() for c in checks], atol=atol)
-    if fmt == "tensorrt":
-        from nasforge.export import TrtBuildConfig, build_engine
-
-        info = build_engine(out, out.with_suffix(".engine"), TrtBuildConfig())
-        exported.engine = info.to_dict()
+    exported.engine = get_export_format(fmt).finish(out)  # the format's artefact beside the ONNX file
     return exported

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import torch
-from torch import nn
+from supernet_helpers import perturb_net as _perturb
 
 from nasforge.data import DataSplits, Split, load_data
 from nasforge.supernets import Supernet, create_supernet
@@ -107,22 +107,6 @@ def tiny_digits(digits: DataSplits) -> DataSplits:
         train=Split(digits.train.x[:128].clone(), digits.train.y[:128].clone()),
         val=Split(digits.val.x[:64].clone(), digits.val.y[:64].clone()),
     )
-
-
-def _perturb(net: nn.Module, seed: int = 0, scale: float = 0.1) -> None:
-    """Make every BN a non-identity (random running stats and affine) and every kernel transform non-identity."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                n = m.num_features
-                m.running_mean.copy_(torch.randn(n, generator=gen) * scale)
-                m.running_var.copy_(0.5 + torch.rand(n, generator=gen))
-                m.weight.copy_(1.0 + torch.randn(n, generator=gen) * scale)
-                m.bias.copy_(torch.randn(n, generator=gen) * scale)
-        for name, p in net.named_parameters():
-            if "transforms" in name:
-                p.add_(torch.randn(p.shape, generator=gen) * scale)
 
 
 @pytest.fixture
