@@ -13,7 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-from nasforge.errors import ConfigError
 from nasforge.registry import Registry
 
 __all__ = ["ExportFormat", "get_export_format", "list_export_formats", "register_export_format"]
@@ -46,13 +45,7 @@ class ExportFormat(ABC):
 def register_export_format(name: str) -> Callable[[_F], _F]:
     """Class decorator registering an :class:`ExportFormat` subclass as ``name``."""
 
-    def decorate(cls: _F) -> _F:
-        if not (isinstance(cls, type) and issubclass(cls, ExportFormat)):
-            raise ConfigError(f"@register_export_format({name!r}) decorates {cls!r}; decorate an ExportFormat subclass")
-        cls.name = name
-        return _FORMATS.add(name, cls)
-
-    return decorate
+    return _FORMATS.class_decorator(name, ExportFormat, "register_export_format")
 
 
 def list_export_formats() -> list[str]:

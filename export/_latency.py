@@ -374,13 +374,7 @@ def register_profiler(name: str) -> Callable[[_P], _P]:
     if not isinstance(name, str) or not name:
         raise ConfigError(f"profiler name {name!r} is invalid; pass a non-empty str such as 'ort-cpu'")
 
-    def decorate(cls: _P) -> _P:
-        if not (isinstance(cls, type) and issubclass(cls, Profiler)):
-            raise ConfigError(f"@register_profiler({name!r}) decorates {cls!r}; decorate a Profiler subclass")
-        cls.name = name
-        return _PROFILERS.add(name, cls)
-
-    return decorate
+    return _PROFILERS.class_decorator(name, Profiler, "register_profiler")
 
 
 def list_profilers() -> list[str]:

@@ -111,13 +111,7 @@ def register_latency_predictor(name: str) -> Callable[[_LatencyT], _LatencyT]:
         ConfigError: if ``name`` is already registered or the class is not a LatencyPredictor.
     """
 
-    def decorate(cls: _LatencyT) -> _LatencyT:
-        if not (isinstance(cls, type) and issubclass(cls, LatencyPredictor)):
-            raise ConfigError(f"@register_latency_predictor({name!r}) needs a LatencyPredictor subclass, got {cls!r}")
-        cls.name = name
-        return _LATENCY.add(name, cls)
-
-    return decorate
+    return _LATENCY.class_decorator(name, LatencyPredictor, "register_latency_predictor")
 
 
 def list_latency_predictors() -> list[str]:

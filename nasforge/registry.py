@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Mapping
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from nasforge.errors import ConfigError, NasforgeError
 
@@ -66,6 +66,19 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         """Registered and announced names, sorted."""
         return sorted(set(self._items) | set(_ANNOUNCED.get(self.kind, {})))
+
+    def class_decorator(self, name: str, base: type, label: str) -> Callable[[Any], Any]:
+        """``@label(name)`` for a plug-in class: checks that it subclasses ``base``, sets its ``name`` and registers
+        it; :class:`ConfigError` for anything else or a taken name."""
+
+        def decorate(cls: Any) -> Any:
+            if not (isinstance(cls, type) and issubclass(cls, base)):
+                article = "an" if base.__name__[0] in "AEIOU" else "a"
+                raise ConfigError(f"@{label}({name!r}) decorates {cls!r}; decorate {article} {base.__name__} subclass")
+            cls.name = name
+            return self.add(name, cls)
+
+        return decorate
 
     def copy(self) -> Registry[T]:
         """An independent registry with the same entries (for tests that register temporary plug-ins)."""
