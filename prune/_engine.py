@@ -22,16 +22,36 @@ from nasforge.errors import ConfigError, NasforgeError
 
 from ._criteria import Criterion
 
-__all__ = ["PruneError", "output_layers", "resolve_ignored", "find_unsupported", "prune_to", "replay_history",
-           "PruneStep"]
+__all__ = ["PruneError", "TargetOutOfReach", "output_layers", "resolve_ignored", "find_unsupported", "prune_to",
+           "replay_history", "PruneStep", "LAYER_TYPES", "OVERSHOOT"]
 
 History = list[tuple[str, bool, list[int]]]
 _GRID = (0.1, 0.25, 0.4, 0.5, 0.6, 0.7, 0.78, 0.85, 0.9, 0.95)
 _RISKY_OPS = ("CONCAT", "SPLIT", "RESHAPE", "UNBIND", "SLICE", "EXPAND")
+#: The layers whose out-channels pruning shrinks and reports (transposed convs too: decoders, upsampling heads).
+LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.Linear)
+#: A result this far (relative) below its goal is an overshoot worth telling the user about.
+OVERSHOOT = 0.1
 
 
 class PruneError(NasforgeError, RuntimeError):
     """Pruning cannot be done as asked (an unsupported pattern, an unreachable target, a broken forward)."""
+
+
+class TargetOutOfReach(PruneError):
+    """Even the largest pruning ratio leaves the model above the goal.
+
+    Attributes:
+        smallest: the smallest measure any ratio reached.
+        goal: the measure asked for.
+        pruned_any: whether any ratio removed a channel at all (False: no layer can be pruned).
+    """
+
+    def __init__(self, smallest: float, goal: float, pruned_any: bool) -> None:
+        super().__init__(f"the target is out of reach: the smallest model pruning can reach here measures "
+                         f"{smallest:.4g} > {goal:.4g}; relax the target, lower round_to, or prune fewer layers "
+                         "with ignore=")
+        self.smallest, self.goal, self.pruned_any = smallest, goal, pruned_any
 
 
 def _tp() -> Any:
@@ -71,8 +91,7 @@ def output_layers(model: nn.Module, example: torch.Tensor) -> list[str]:
             produced[id(out)] = names[m]
             order.append(names[m])
 
-    kinds = (nn.Conv1d, nn.Conv2d, nn.Linear)
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, kinds)]
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, LAYER_TYPES)]
     try:
         out = _forward(model, example)
     finally:
@@ -135,12 +154,18 @@ def _mask_group(model: nn.Module, group: Any, names: dict[nn.Module, str], dg: A
     with torch.no_grad():
         for dep, idxs in group:
             src = dep.target.module
-            if src not in names or not isinstance(src, (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.BatchNorm1d)):
+            kinds = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear, nn.BatchNorm2d, nn.BatchNorm1d)
+            if src not in names or not isinstance(src, kinds):
                 if src in names:
                     return False
                 continue
             mod, idx = table[names[src]], torch.as_tensor(list(idxs), dtype=torch.long)
             out = dg.is_out_channel_pruning_fn(dep.handler)
+            if isinstance(mod, nn.ConvTranspose2d):  # weight (in, out / groups, kH, kW)
+                if mod.groups > 1:
+                    return False
+                _zero_transposed(mod, idx, out)
+                continue
             depthwise = isinstance(mod, nn.Conv2d) and mod.groups == mod.in_channels and mod.groups > 1
             if out or isinstance(mod, (nn.BatchNorm2d, nn.BatchNorm1d)) or depthwise:
                 mod.weight[idx] = 0
@@ -151,6 +176,15 @@ def _mask_group(model: nn.Module, group: Any, names: dict[nn.Module, str], dg: A
             else:
                 mod.weight[:, idx] = 0
     return True
+
+
+def _zero_transposed(mod: nn.ConvTranspose2d, idx: torch.Tensor, out: bool) -> None:
+    if out:
+        mod.weight[:, idx] = 0
+        if mod.bias is not None:
+            mod.bias[idx] = 0
+    else:
+        mod.weight[idx] = 0
 
 
 def _probe_group(model: nn.Module, example: torch.Tensor, root: str, out_fn: bool, ref_shape: torch.Size
@@ -181,7 +215,7 @@ def _probe_group(model: nn.Module, example: torch.Tensor, root: str, out_fn: boo
 
 
 def find_unsupported(model: nn.Module, example: torch.Tensor, ignored: Sequence[str] | None = None,
-                     root_types: tuple[type, ...] = (nn.Conv2d, nn.Conv1d, nn.Linear), *,
+                     root_types: tuple[type, ...] = LAYER_TYPES, *,
                      probe_all: bool = False) -> dict[str, str]:
     """Layers whose channel group Torch-Pruning would mishandle, with the reason.
 
@@ -217,7 +251,12 @@ def find_unsupported(model: nn.Module, example: torch.Tensor, ignored: Sequence[
 
 @dataclass
 class PruneStep:
-    """One pruning step: the global channel ratio found and what it reached."""
+    """One pruning step: the global channel ratio found and what it reached.
+
+    ``overshoot`` is set when the best result lies more than :data:`OVERSHOOT` below the goal (the channel
+    granularity, e.g. ``round_to``, allowed nothing closer); ``above`` is then the nearest result found above the
+    goal (the unpruned measure when no ratio tried stayed above it).
+    """
 
     ratio: float
     goal: float
@@ -225,6 +264,8 @@ class PruneStep:
     attempts: int
     history: History = field(default_factory=list)
     round_to_dropped: bool = False
+    overshoot: bool = False
+    above: float | None = None
 
 
 def _prune_copy(model: nn.Module, example: torch.Tensor, criterion: Criterion, ratio: float,
@@ -254,75 +295,124 @@ def _prune_copy(model: nn.Module, example: torch.Tensor, criterion: Criterion, r
 _Attempt = tuple[nn.Module, History, float]
 
 
-def _bisect(attempt: Callable[[float], _Attempt], goal: float, tolerance: float, refine: int, lo: float,
-            best: _Attempt, best_ratio: float) -> tuple[_Attempt, float]:
-    """Bisect the ratio between ``lo`` (misses the goal) and ``best_ratio`` (meets it) for a result closer to
-    the goal (within ``tolerance`` below it), ``refine`` tries at most; the best result and its ratio."""
-    hi = best_ratio
+@dataclass
+class _Tries:
+    """Prunes copies at given ratios and keeps the best result at or below ``goal`` and the nearest above it."""
+
+    run: Callable[[float], _Attempt]
+    goal: float
+    count: int = 0
+    best: _Attempt | None = None
+    best_ratio: float = 0.0
+    above: _Attempt | None = None
+    above_ratio: float = 0.0
+    smallest: float = math.inf
+    pruned_any: bool = False
+
+    def __call__(self, ratio: float) -> _Attempt:
+        result = self.run(ratio)
+        self.count += 1
+        value = result[2]
+        self.smallest, self.pruned_any = min(self.smallest, value), self.pruned_any or bool(result[1])
+        if value <= self.goal and (self.best is None or value > self.best[2]):
+            self.best, self.best_ratio = result, ratio
+        elif value > self.goal and (self.above is None or value < self.above[2]):
+            self.above, self.above_ratio = result, ratio
+        return result
+
+    def close_enough(self, tolerance: float) -> bool:
+        return self.best is not None and self.best[2] >= self.goal * (1 - tolerance)
+
+
+def _search(tries: _Tries, tolerance: float, refine: int) -> None:
+    """Walk up the coarse grid until the goal is met, then bisect between the last two grid points (``refine``
+    tries at most) for a result within ``tolerance`` below the goal."""
+    lo = 0.0
+    for ratio in _GRID:
+        if tries(ratio)[2] <= tries.goal:
+            break
+        lo = ratio
+    if tries.best is None:
+        return
+    hi = tries.best_ratio
     for _ in range(refine):
-        if best[2] >= goal * (1 - tolerance):
+        if tries.close_enough(tolerance):
             break
         mid = (lo + hi) / 2
-        result = attempt(mid)
-        if result[2] <= goal:
-            if result[2] > best[2]:
-                best, best_ratio = result, mid
+        if tries(mid)[2] <= tries.goal:
             hi = mid
         else:
             lo = mid
-    return best, best_ratio
+
+
+def _second_pass(tries: _Tries, options: dict[str, Any]) -> tuple[_Attempt, float, float | None] | None:
+    """Prune the nearest result above the goal a little further (channel counts that one global ratio cannot
+    give, e.g. an attention width kept while the MLPs shrink); ``(result, ratio, nearest above)`` when it gets
+    closer to the goal than the best so far, else None."""
+    assert tries.above is not None and tries.best is not None
+    model, hist, value = tries.above
+    try:
+        pruned, step = prune_to(model, goal=tries.goal, base=value, _nested=True, **options)
+    except PruneError:
+        return None
+    tries.count += step.attempts
+    if not tries.best[2] < step.reached <= tries.goal:
+        return None
+    ratio = 1 - (1 - tries.above_ratio) * (1 - step.ratio)
+    return (pruned, hist + step.history, step.reached), ratio, step.above
 
 
 def prune_to(model: nn.Module, example: torch.Tensor, criterion: Criterion, goal: float,
              measure: Callable[[nn.Module], float], *, ignored: Sequence[str] = (), global_pruning: bool = True,
              loss_fn: Callable[[nn.Module], torch.Tensor] | None = None, round_to: int | None = None,
-             tolerance: float = 0.02, refine: int = 8, base: float | None = None) -> tuple[nn.Module, PruneStep]:
+             tolerance: float = 0.02, refine: int = 8, base: float | None = None,
+             _nested: bool = False) -> tuple[nn.Module, PruneStep]:
     """Prune a copy of ``model`` until ``measure(copy) <= goal`` (ideally within ``tolerance`` below it); ``model``
     itself is not changed.
 
     The global channel ratio is found by walking up a coarse grid until the goal is met, then bisecting between
     the last two grid points (``refine`` more tries). The walk makes no monotonicity assumption beyond the
-    bracket, which matters for attention layers whose head-aware pruning jumps.
+    bracket, which matters for attention layers whose head-aware pruning jumps. When the best result is still
+    more than ``tolerance`` below the goal (a jump: heads, ``round_to`` alignment), the nearest result above the
+    goal is pruned further in a second pass, which keeps the alignment; a result still more than
+    :data:`OVERSHOOT` below the goal is flagged ``overshoot``.
 
     ``base`` is ``measure(model)`` when the caller already has it (a latency measurement is not cheap).
 
     Raises:
-        PruneError: the goal is out of reach even at the largest ratio (95% of each group).
+        TargetOutOfReach: the goal is out of reach even at the largest ratio (95% of each group), also without
+            ``round_to``.
     """
     base = measure(model) if base is None else base
     if base <= goal:
         return copy.deepcopy(model), PruneStep(0.0, goal, base, 0)
-    attempts = 0
+    options = {"example": example, "criterion": criterion, "measure": measure, "ignored": ignored,
+               "global_pruning": global_pruning, "loss_fn": loss_fn, "round_to": round_to, "tolerance": tolerance,
+               "refine": refine}
 
-    def attempt(ratio: float) -> _Attempt:
-        nonlocal attempts
-        attempts += 1
+    def run(ratio: float) -> _Attempt:
         pruned, hist = _prune_copy(model, example, criterion, ratio, ignored, global_pruning, loss_fn, round_to)
         return pruned, hist, measure(pruned)
 
-    lo, best, best_ratio, smallest = 0.0, None, 0.0, math.inf
-    for ratio in _GRID:
-        result = attempt(ratio)
-        smallest = min(smallest, result[2])
-        if result[2] <= goal:
-            best, best_ratio = result, ratio
-            break
-        lo = ratio
-    if best is None and round_to:
+    tries = _Tries(run, goal)
+    _search(tries, tolerance, refine)
+    if tries.best is None and round_to and not _nested:
         # channel alignment can make the smallest reachable model too big; try again without it (reported)
-        pruned, step = prune_to(model, example, criterion, goal, measure, ignored=ignored,
-                                global_pruning=global_pruning, loss_fn=loss_fn, round_to=None,
-                                tolerance=tolerance, refine=refine, base=base)
-        step.attempts += attempts
+        pruned, step = prune_to(model, goal=goal, base=base, **{**options, "round_to": None})
+        step.attempts += tries.count
         step.round_to_dropped = True
         return pruned, step
-    if best is None:
-        raise PruneError(f"the target is out of reach: the smallest model pruning can reach here measures "
-                         f"{smallest:.4g} > {goal:.4g}; relax the target, lower round_to, or prune fewer layers "
-                         "with ignore=")
-    best, best_ratio = _bisect(attempt, goal, tolerance, refine, lo, best, best_ratio)
+    if tries.best is None:
+        raise TargetOutOfReach(tries.smallest, goal, tries.pruned_any)
+    best, ratio, above = tries.best, tries.best_ratio, base if tries.above is None else tries.above[2]
+    if not _nested and not tries.close_enough(tolerance) and tries.above is not None:
+        second = _second_pass(tries, options)
+        if second is not None:
+            best, ratio, nearer = second
+            above = above if nearer is None else min(above, nearer)
     pruned, hist, value = best
-    return pruned, PruneStep(best_ratio, goal, value, attempts, hist)
+    return pruned, PruneStep(ratio, goal, value, tries.count, hist, overshoot=value < goal * (1 - OVERSHOOT),
+                             above=above)
 
 
 def replay_history(model: nn.Module, example: torch.Tensor, history: Sequence[Sequence[Any]]) -> nn.Module:

@@ -40,7 +40,7 @@ def build_base(base: Mapping[str, Any]) -> nn.Module:
         net = create_supernet(str(base["supernet"]), **dict(base.get("options") or {}))
         return net.extract(net.space.canonical(dict(base["arch"])))
     raise CheckpointError(f"unknown base model kind {kind!r}; expected 'zoo' or 'subnet' (a model defined in your "
-                          "own code is loaded with load_pruned(path, model=YourModel()))")
+                          "own code, kind 'user' or 'factory', is loaded with load_pruned(path, model=YourModel()))")
 
 
 def save_pruned(path: str | Path, model: nn.Module, *, base: Mapping[str, Any] | None,
@@ -91,6 +91,9 @@ def load_pruned(path: str | Path, model: nn.Module | None = None, *, state: dict
     if model is None:
         if state["base"].get("kind") == "user":
             raise ConfigError(f"{path} holds a pruned model of your own class: pass model=YourModel() (unpruned)")
+        if state["base"].get("kind") == "factory":  # never imported from a path read here: the caller builds it
+            raise ConfigError(f"{path} was pruned from your factory {state['base'].get('spec')}: pass model= its "
+                              "unpruned output")
         try:
             model = build_base(state["base"])
         except (KeyError, TypeError, ValueError) as exc:
@@ -100,5 +103,6 @@ def load_pruned(path: str | Path, model: nn.Module | None = None, *, state: dict
         replay_history(model, example, state["history"])
         model.load_state_dict(state["state_dict"])
     except (PruneError, RuntimeError) as exc:
-        raise CheckpointError(f"{path} does not fit its base model: {str(exc).splitlines()[0][:200]}") from None
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+        raise CheckpointError(f"{path} does not fit its base model: {lines[min(1, len(lines) - 1)][:240]}") from None
     return model.eval(), state

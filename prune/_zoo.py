@@ -161,7 +161,7 @@ def _resnet(depth: int) -> Callable[..., nn.Module]:
     return factory
 
 
-for _depth in (8, 14, 20, 32, 56):
+for _depth in (8, 14, 20, 32, 44, 56, 110):
     register_model(f"resnet{_depth}")(_resnet(_depth))
 
 

@@ -3,52 +3,59 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
-__all__ = ["count_macs", "count_params"]
+__all__ = ["count_macs", "count_params", "macs_by_module"]
 
 
-def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
-    """Multiply-accumulates of every convolution, ``nn.Linear`` and ``nn.MultiheadAttention`` (projections and
-    both attention matmuls) for ONE input of ``input_shape`` (e.g. C, H, W).
+def _conv_macs(m: nn.modules.conv._ConvNd, inp: torch.Tensor, out: torch.Tensor) -> int:
+    """MACs of one sample: a convolution per OUTPUT element, a transposed one per INPUT element (each input pixel
+    is multiplied into ``out_channels / groups`` kernels; counting output pixels would be stride**d too high)."""
+    kernel = math.prod(m.kernel_size)
+    if m.transposed:
+        return inp[0].numel() * (m.out_channels // m.groups) * kernel
+    return out[0].numel() * (m.in_channels // m.groups) * kernel
 
-    Measured from the real output shapes of a forward pass, so it checks the analytic formulas independently.
-    A module that defines ``extra_macs(inputs, output) -> int`` (e.g. attention's matmuls) adds that count too.
-    """
+
+def _attention_macs(m: nn.MultiheadAttention, inp: tuple[torch.Tensor, ...]) -> int:
+    seq = 1 if m.batch_first else 0
+    lq, lk, e = inp[0].shape[seq], inp[1].shape[seq], m.embed_dim
+    # q projection + k/v projections, q @ k^T and attn @ v, output projection
+    return lq * e * e + lk * e * (m.kdim + m.vdim) + 2 * lq * lk * e + lq * e * e
+
+
+def _own_macs(m: nn.Module, inp: tuple[torch.Tensor, ...], out: object) -> int:
     total = 0
-
-    def conv_hook(m: nn.modules.conv._ConvNd, inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
-        nonlocal total
-        total += out[0].numel() * (m.in_channels // m.groups) * math.prod(m.kernel_size)
-
-    def attention_hook(m: nn.MultiheadAttention, inp: tuple[torch.Tensor, ...], out: object) -> None:
-        nonlocal total
-        seq = 1 if m.batch_first else 0
-        lq, lk, e = inp[0].shape[seq], inp[1].shape[seq], m.embed_dim
-        # q projection + k/v projections, q @ k^T and attn @ v, output projection
-        total += lq * e * e + lk * e * (m.kdim + m.vdim) + 2 * lq * lk * e + lq * e * e
-
-    def linear_hook(m: nn.Linear, inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
-        nonlocal total
-        total += out[0].numel() * m.in_features
-
-    def extra_hook(m: nn.Module, inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
-        nonlocal total
+    if isinstance(m, nn.modules.conv._ConvNd):
+        total += _conv_macs(m, inp[0], out)  # type: ignore[arg-type]
+    elif isinstance(m, nn.MultiheadAttention):
+        total += _attention_macs(m, inp)
+    elif isinstance(m, nn.Linear):
+        total += out[0].numel() * m.in_features  # type: ignore[index]
+    if callable(getattr(m, "extra_macs", None)):
         total += int(m.extra_macs(inp, out))  # type: ignore[operator]
+    return total
 
-    handles = []
-    for mod in model.modules():
-        if isinstance(mod, nn.modules.conv._ConvNd):
-            handles.append(mod.register_forward_hook(conv_hook))
-        elif isinstance(mod, nn.MultiheadAttention):
-            handles.append(mod.register_forward_hook(attention_hook))
-        elif isinstance(mod, nn.Linear):
-            handles.append(mod.register_forward_hook(linear_hook))
-        if callable(getattr(mod, "extra_macs", None)):
-            handles.append(mod.register_forward_hook(extra_hook))
+
+def macs_by_module(model: nn.Module, input_shape: Sequence[int]) -> dict[str, int]:
+    """Multiply-accumulates per module name (as :func:`count_macs` counts them) for ONE input of ``input_shape``.
+
+    Only modules that do counted work appear; a module called twice counts twice.
+    """
+    counts: dict[str, int] = {}
+
+    def hook(name: str) -> Callable[[nn.Module, tuple[torch.Tensor, ...], object], None]:
+        def record(m: nn.Module, inp: tuple[torch.Tensor, ...], out: object) -> None:
+            counts[name] = counts.get(name, 0) + _own_macs(m, inp, out)
+
+        return record
+
+    kinds = (nn.modules.conv._ConvNd, nn.MultiheadAttention, nn.Linear)
+    handles = [mod.register_forward_hook(hook(name)) for name, mod in model.named_modules()
+               if isinstance(mod, kinds) or callable(getattr(mod, "extra_macs", None))]
     was_training = model.training
     try:
         model.eval()
@@ -58,7 +65,19 @@ def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
         for h in handles:
             h.remove()
         model.train(was_training)
-    return int(total)
+    return counts
+
+
+def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
+    """Multiply-accumulates of every convolution (transposed ones per input pixel), ``nn.Linear`` and
+    ``nn.MultiheadAttention`` (projections and both attention matmuls) for ONE input of ``input_shape`` (e.g.
+    C, H, W).
+
+    Measured from the real input and output shapes of a forward pass, so it checks the analytic formulas
+    independently. A module that defines ``extra_macs(inputs, output) -> int`` (e.g. attention's matmuls) adds
+    that count too.
+    """
+    return int(sum(macs_by_module(model, input_shape).values()))
 
 
 def count_params(model: nn.Module) -> int:
