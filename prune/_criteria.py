@@ -1,7 +1,9 @@
 """Importance criteria: which channel groups to remove first. A registry of Torch-Pruning importance factories.
 
 An entry may also rewrite the model before it is ranked (``prepare``): ``gmn`` runs the graph metanetwork
-(``needs_metanet``), then ranks by group L2. :func:`nasforge.prune.prune` treats every entry alike.
+(``needs_metanet``), then ranks by group L2 with the max normaliser (each group's scores divided by their
+maximum, as the reference implementation ranks); prune with it in many small steps (``steps=``, e.g. 16).
+:func:`nasforge.prune.prune` treats every entry alike.
 """
 
 from __future__ import annotations
@@ -94,6 +96,8 @@ def _apply_metanet(model: Any, metanet: Any, example: Any) -> dict[str, Any]:
     return {"metanet": apply_metanet(model, metanet, example)}
 
 
-register_criterion("gmn", lambda: _tp().importance.GroupMagnitudeImportance(p=2), needs_metanet=True,
+register_criterion("gmn", lambda: _tp().importance.GroupMagnitudeImportance(p=2, normalizer="max"),
+                   needs_metanet=True,
                    prepare=_apply_metanet,
-                   description="graph metanetwork rewrites the weights, then group L2 (needs --metanet)")
+                   description="graph metanetwork rewrites the weights, then group L2 with the max normaliser (needs "
+                               "--metanet; use many small steps, e.g. --steps 16)")
