@@ -23,7 +23,8 @@ package makes the ``"table"`` latency predictor (:class:`TableLatencyPredictor`)
 
 Latency callables for the lower layers, which receive them instead of importing timing code:
 :func:`torch_cpu_latency` (for :func:`nasforge.supernets.sorted.select`) and :func:`device_latency` (a
-``devices.yaml`` device as ``f(model) -> ms``, for :func:`nasforge.prune.prune`).
+``devices.yaml`` device as ``f(model) -> ms``, for :func:`nasforge.prune.prune`) and :func:`layer_latency` (one
+layer on a device, for the per-layer tables of latency-aware pruning).
 
 Edge agent: ``nasforge agent serve --token-file F`` (or :func:`make_server` with an :class:`AgentConfig`)
 measures uploaded ONNX files on the board in a child process: token checked in constant time, size capped
@@ -73,7 +74,7 @@ from ._latency_table import (
     fingerprint_problems,
     supernet_signature,
 )
-from ._model_latency import device_latency, torch_cpu_latency
+from ._model_latency import device_latency, layer_latency, torch_cpu_latency
 from ._onnx_io import InputSpec, read_metadata, single_input_spec
 from ._parity import check_parity
 from ._remote import RemoteProfiler, agent_info
@@ -142,6 +143,7 @@ __all__ = [
     "SEGMENT_RUNS",
     "TableLatencyPredictor",
     "device_latency",
+    "layer_latency",
     "torch_cpu_latency",
 ]
 

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
     from nasforge.devices import Device
 
-__all__ = ["device_latency", "torch_cpu_latency"]
+__all__ = ["device_latency", "layer_latency", "torch_cpu_latency"]
 
 
 def torch_cpu_latency(module: nn.Module, input_shape: tuple[int, ...]) -> float:
@@ -61,6 +61,29 @@ def device_latency(device: str | Device, example: torch.Tensor, *, runs: int | N
             return _measure_on(dev, model, shape, options)
         finally:
             model.train(was)
+
+    measure.device_name = dev.name  # type: ignore[attr-defined]
+    return measure
+
+
+def layer_latency(device: str | Device, *, runs: int | None = None, devices_file: str | Path | None = None
+                  ) -> Callable[[nn.Module, tuple[int, ...]], float]:
+    """``f(layer, input_shape) -> p50 ms`` of one layer on ``device`` for inputs of ``input_shape`` (no batch
+    dim; the device's batch size is used): the measure behind :class:`nasforge.prune.LayerLatencyTable`, which
+    latency-aware pruning reads. Carries the device's name as ``device_name``.
+
+    Raises:
+        ConfigError: unknown device.
+    """
+    from nasforge.devices import get_device
+
+    dev = get_device(device, devices_file) if isinstance(device, str) else device
+    options = dev.measure_options()
+    if runs is not None:
+        options["runs"] = runs
+
+    def measure(layer: nn.Module, input_shape: tuple[int, ...]) -> float:
+        return _measure_on(dev, layer.eval(), (dev.batch, *input_shape), options)
 
     measure.device_name = dev.name  # type: ignore[attr-defined]
     return measure

@@ -18,7 +18,8 @@ _META = "prune-meta-train"
 
 #: The zoo models and criteria that help lists, written out: printing help must import no PyTorch (the
 #: registries live in nasforge.prune). tests/test_cli_help.py checks them against the registries.
-ZOO_MODELS = ("resnet8", "resnet14", "resnet20", "resnet32", "resnet56", "mobilenetv2")
+ZOO_MODELS = ("resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110",
+              "mobilenetv2")
 CRITERIA = ("l1", "l2", "taylor", "bn-scale", "lamp", "random", "gmn")
 
 
@@ -54,17 +55,24 @@ def _add_prune(sub: Any, common: argparse.ArgumentParser) -> None:
         description="Prune SOURCE to --target, finetune, and report MACs, params, accuracy and measured latency "
                     "before/after. SOURCE: zoo:NAME[?key=value] (" + ", ".join(ZOO_MODELS) + "; with --weights "
                     "or --train-epochs), a supernet checkpoint or run folder (--arch), a run's subnets/K folder, or a "
-                    "model.pt written by nasforge prune. `nasforge prune meta-train --help` trains the graph "
-                    "metanetwork for --criterion gmn.")
-    p.add_argument("source", help="zoo:NAME | checkpoint | run folder | RUN/subnets/K | pruned model.pt")
+                    "model.pt written by nasforge prune. Your own model: no SOURCE, --model FILE.py:FUNCTION (the "
+                    "factory that builds it) with --weights or --train-epochs; a model.pt pruned from it needs the "
+                    "same --model again. `nasforge prune meta-train --help` trains the graph metanetwork for "
+                    "--criterion gmn.")
+    p.add_argument("source", nargs="?", help="zoo:NAME | checkpoint | run folder | RUN/subnets/K | pruned model.pt "
+                                             "(with --model: none, or a model.pt pruned from it)")
+    p.add_argument("--model", metavar="FILE.py:FUNCTION",
+                   help="your own model: FILE.py:FUNCTION or package.module:FUNCTION[?key=value&...] (JSON values), "
+                        "called with those keywords, plus num_classes/in_channels where it takes them; it runs "
+                        "that file. A torch.export .pt2 cannot be pruned")
     p.add_argument("--target", default="macs=0.5", help="macs=0.5 | macs=2x | params=0.5 | latency_ms=3 (default "
                                                         "macs=0.5: keep half the MACs)")
     p.add_argument("--criterion", default="l2", type=registry_choice(_criteria), metavar="NAME",
                    help=f"channel ranking: {', '.join(CRITERIA)} (default %(default)s)")
     p.add_argument("--metanet", help="graph metanetwork file (--criterion gmn)")
-    p.add_argument("--data", help="dataset spec (default: the run's own; required for zoo models)")
+    p.add_argument("--data", help="dataset spec (default: the run's own; required for zoo and --model models)")
     p.add_argument("--arch", help=f"subnet of a checkpoint/run: {ARCH_HELP}")
-    p.add_argument("--weights", help="state dict for a zoo model")
+    p.add_argument("--weights", help="state dict for a zoo or --model model (loaded without unpickling)")
     p.add_argument("--train-epochs", type=nonneg_int, default=0,
                    help="train the source first (zoo models from scratch)")
     p.add_argument("--finetune-epochs", type=nonneg_int, default=5,
@@ -77,6 +85,13 @@ def _add_prune(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--round-to", type=positive_int, default=4, metavar="N",
                    help="keep channel counts multiples of N (default 4; 1 = any count). onnxruntime's CPU kernels "
                         "slow down on odd counts: a 3x-MACs cut measured 0.68x (slower) unaligned, 1.47x aligned")
+    p.add_argument("--allocate", choices=("ratio", "latency"), default="ratio",
+                   help="how channels are chosen: 'ratio' (one global ratio by importance, default) or 'latency' "
+                        "(where they buy the most measured latency on --device per importance lost, from a "
+                        "per-layer latency table; macs and latency_ms targets)")
+    p.add_argument("--layer-table", metavar="FILE",
+                   help="per-layer latency table to reuse and extend (--allocate latency; default OUT/"
+                        "layer_latency.json)")
     p.add_argument("--ignore", action="append", default=[], metavar="PATTERN",
                    help="module names to leave alone (fnmatch; repeatable)")
     p.add_argument("--device", default="cpu", help="device whose latency is measured before/after (default cpu; "
@@ -111,10 +126,11 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     from nasforge.prune_job import PruneJob, run_prune_job
 
     job = PruneJob(source=args.source, out=args.out, target=args.target, criterion=args.criterion, arch=args.arch,
-                   data=args.data, weights=args.weights, train_epochs=args.train_epochs,
+                   data=args.data, weights=args.weights, model=args.model, train_epochs=args.train_epochs,
                    finetune_epochs=args.finetune_epochs, lr=args.lr, batch_size=args.batch_size, steps=args.steps,
                    global_pruning=not args.per_layer, ignore=list(args.ignore),
                    round_to=args.round_to if args.round_to > 1 else None, metanet=args.metanet,
+                   allocation=args.allocate, layer_table=args.layer_table,
                    device=None if args.device == "none" else args.device, export=not args.no_export, seed=args.seed)
     quiet = args.json
     result = run_prune_job(job, log=(lambda s: print(s, file=sys.stderr)) if not quiet else (lambda s: None))

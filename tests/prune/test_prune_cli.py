@@ -63,6 +63,23 @@ def test_prune_a_pruned_model_further(pruned_dir: Path, tmp_path: Path, capsys: 
     assert not (out / "model.onnx").exists()
 
 
+def test_latency_aware_allocation_from_the_cli(pruned_dir: Path, tmp_path: Path) -> None:
+    """--allocate latency prunes by a per-layer table measured on --device and keeps the table for a rerun."""
+    out = tmp_path / "aware"
+    res = run_cli("prune", ZOO, "--data", DATA, "--train-epochs", "1", "--finetune-epochs", "0", "--target", "macs=2x",
+                  "--allocate", "latency", "--out", str(out), "--json", env={"OMP_NUM_THREADS": "1"}, torch_threads=1)
+    assert res.returncode == 0, res.stderr[-2000:]
+    report = json.loads(res.stdout)
+    assert 0.3 * report["macs_before"] <= report["macs_after"] <= 0.5 * report["macs_before"]
+    assert report["extra"]["allocation"] == "latency" and report["extra"]["layer_table"]["measured"] > 0
+    table = json.loads((out / "layer_latency.json").read_text())
+    assert table["device"] == "cpu" and len(table["entries"]) == report["extra"]["layer_table"]["entries"]
+    assert "measured latency saved per importance" in (out / "report.md").read_text()
+    model, _ = load_pruned(out / "model.pt")
+    assert all(w % 4 == 0 for n, w in ((n, m.out_channels) for n, m in model.named_modules()
+                                       if isinstance(m, torch.nn.Conv2d)))
+
+
 def test_prune_a_supernet_subnet(tmp_path: Path) -> None:
     tiny = {"num_classes": 10, "in_channels": 1, "stem_width": 8, "first_block_width": 8,
             "stages": [[16, 2, "relu", False], [24, 2, "hswish", True]], "kernel_sizes": [3, 5],
@@ -89,6 +106,10 @@ def test_prune_a_supernet_subnet(tmp_path: Path) -> None:
     (["prune", ZOO, "--data", DATA, "--weights", "{bad}", "--out", "{out}"], "corrupt or not a state dict"),
     (["prune", "{bad}", "--out", "{out}"], "not a nasforge"),
     (["prune", ZOO, "--data", DATA, "--weights", "{bad}", "--criterion", "gmn", "--out", "{out}"], "corrupt"),
+    (["prune", ZOO, "--data", DATA, "--allocate", "latency", "--device", "none", "--out", "{out}"],
+     "measures layers on --device"),
+    (["prune", ZOO, "--data", DATA, "--allocate", "latency", "--layer-table", "{bad}", "--out", "{out}"],
+     "layer latency table"),
 ])
 def test_bad_input_is_one_line(argv: list[str], message: str, tmp_path: Path,
                                capsys: pytest.CaptureFixture[str]) -> None:
