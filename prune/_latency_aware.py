@@ -3,7 +3,8 @@
 Global pruning removes the least important channels wherever they are, so it cuts MACs in layers whose latency
 barely moves (small layers dominated by per-operator overhead, counts that fall off the backend's blocked
 kernels). Here every channel group (a Torch-Pruning dependency group) is shrunk in chunks that keep its count a
-multiple of ``snap``; each candidate chunk costs the importance of its channels and saves the latency a
+multiple of ``snap``; each candidate chunk costs its channels' importance, made dearer as a group thins
+(:func:`_costs`), and saves the latency a
 :class:`~._layer_table.LayerLatencyTable` measured for the layers it touches (their in- and out-channels). A
 greedy loop takes the candidate with the least importance per ms saved until the model's predicted measure
 (latency: the measured model minus the layers' table sum plus their new sum; MACs: counted exactly) meets the
@@ -131,8 +132,24 @@ def _make_group(group: Any, dg: Any, names: dict[nn.Module, str], shapes: dict[s
         return "its root is not a named conv/linear layer"
     norm = scores.float() / scores.float().mean().clamp_min(1e-12)  # comparable across groups (as global pruning)
     order = torch.argsort(norm).tolist()
-    return _Group(root, dg.is_out_channel_pruning_fn(root_dep.handler), order, norm[order].tolist(),
-                  outs, ins)
+    return _Group(root, dg.is_out_channel_pruning_fn(root_dep.handler), order,
+                  _costs(norm[order], len(outs) + len(ins)), outs, ins)
+
+
+def _costs(ranked: torch.Tensor, layers: int) -> list[float]:
+    """What removing each channel costs, for scores ``ranked`` in rising order in a group spanning ``layers`` layers.
+
+    A channel's cost is its LAMP score (Lee et al. 2021: its squared score over the squared scores of the channels
+    still left after it, times the group's size), squared, times the layers it is removed from (halved: a plain
+    conv-to-conv group spans 2). With uniform scores the k-th of n channels costs ``(n / (n - k))**2``: thinning a
+    group towards a bottleneck grows ever dearer, and a channel coupled through a residual stream costs as many
+    layers as it leaves. (Plain group scores, which the mean normaliser puts at about 1 per channel in every group,
+    let the latency saving alone decide: on ResNet-20 the whole full-resolution stage went to 4 channels and
+    accuracy at equal latency fell below ratio pruning's; the measurements are in BENCHMARKS.md.)
+    """
+    sq = ranked.double() ** 2
+    left = torch.flip(torch.cumsum(torch.flip(sq, [0]), 0), [0]).clamp_min(1e-12)
+    return ((sq / left * len(ranked)) ** 2 * layers / 2).tolist()
 
 
 def _groups(model: nn.Module, example: torch.Tensor, criterion: Criterion, ignored: Sequence[str],

@@ -143,3 +143,13 @@ def test_groups_left_out_of_the_allocation_are_named() -> None:
     pruned, report = prune(Decoder().eval(), example, target="macs=0.7", layer_latency=LayerLatencyTable(_staircase))
     assert "ConvTranspose2d" in report.extra["left_out"]["a"]
     assert layer_widths(pruned)["a"] == 16 and layer_widths(pruned)["b"] < 32
+
+
+def test_channel_cost_grows_as_a_group_thins_and_with_the_layers_it_spans() -> None:
+    from nasforge.prune._latency_aware import _costs
+
+    uniform = _costs(torch.ones(8), layers=2)
+    assert uniform == pytest.approx([(8 / (8 - k)) ** 2 for k in range(8)])  # the last channel costs 64x the first
+    assert _costs(torch.ones(8), layers=6) == pytest.approx([3 * c for c in uniform])  # a residual stream: 3x dearer
+    ranked = _costs(torch.tensor([0.1, 0.5, 1.0, 2.0]), layers=2)
+    assert ranked == sorted(ranked) and ranked[0] < 0.01  # a weak channel stays cheap to remove
