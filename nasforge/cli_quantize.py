@@ -57,6 +57,9 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
                                     "a checkpoint with --arch, zoo:NAME with --weights); default: found next to MODEL")
     p.add_argument("--arch", help=f"--method qat with a checkpoint --source: the subnet ({ARCH_HELP})")
     p.add_argument("--weights", help="--method qat with a zoo:NAME --source: its state dict")
+    p.add_argument("--model", dest="factory", metavar="FILE.py:FUNCTION",
+                   help="--method qat with a model.pt pruned from your own model: the factory that builds it (as "
+                        "given to nasforge prune --model)")
     p.add_argument("--qat-epochs", type=positive_int, default=2, help="fake-quant finetuning epochs (default 2)")
     p.add_argument("--qat-lr", type=positive_float, default=1e-3,
                    help="fake-quant finetuning learning rate (default 1e-3)")
@@ -117,7 +120,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
 
         source = args.source or infer_qat_source(model)
         torch_model = resolve_prune_source(source, arch=args.arch, data=spec, weights=args.weights,
-                                           seed=args.seed).model
+                                           seed=args.seed, model=args.factory).model
     report = quantize(model, args.out, data=data, config=config, device=args.device, devices_file=args.devices,
                       batches=batches, torch_model=torch_model,
                       qat_options={"epochs": args.qat_epochs, "lr": args.qat_lr, "seed": args.seed}, log=say)

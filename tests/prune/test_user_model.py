@@ -191,3 +191,15 @@ def test_model_flag_is_refused_with_other_sources(tmp_path: Path) -> None:
     assert rc != 0 and "--model goes alone, or with a model.pt pruned from that model" in stderr
     rc, _, stderr = _prune("--data", "digits", *QUICK, "--out", str(tmp_path / "o"))
     assert rc != 0 and "nothing to prune: give SOURCE" in stderr
+
+
+def test_qat_of_a_factory_model_takes_model_again(pruned: tuple[Path, str], tmp_path: Path) -> None:
+    out, spec = pruned
+    args = ("quantize", str(out / "model.onnx"), "--method", "qat", "--qat-epochs", "1", "--calib-samples", "64")
+    res = run_cli(*args, "--out", str(tmp_path / "a.onnx"), env={"OMP_NUM_THREADS": "1"}, torch_threads=1)
+    assert res.returncode != 0 and len(res.stderr.strip().splitlines()) == 1
+    assert f"pass --model {spec}" in res.stderr
+    res = run_cli(*args, "--model", spec, "--out", str(tmp_path / "b.onnx"), "--json", env={"OMP_NUM_THREADS": "1"},
+                  torch_threads=1)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads(res.stdout)["qat"]["epochs"] == 1 and (tmp_path / "b.onnx").is_file()
