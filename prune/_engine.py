@@ -289,7 +289,29 @@ def _prune_copy(model: nn.Module, example: torch.Tensor, criterion: Criterion, r
     finally:
         pruned.train(was)
     pruned.zero_grad(set_to_none=True)
+    _check_runs(pruned, example)
     return pruned, [(str(n), bool(o), [int(i) for i in idx]) for n, o, idx in pruner.pruning_history()]
+
+
+def _check_runs(pruned: nn.Module, example: torch.Tensor) -> None:
+    """Raise a one-line :class:`PruneError` when the pruned copy no longer runs on ``example`` (a group tied to a
+    tensor Torch-Pruning cannot shrink, e.g. raw inputs added straight into a Transformer's residual stream)."""
+    was = pruned.training
+    pruned.eval()
+    try:
+        with torch.no_grad():
+            pruned(example)
+    except (RuntimeError, ValueError, IndexError) as exc:
+        attention = [n for n, m in pruned.named_modules() if isinstance(m, nn.MultiheadAttention)]
+        where = (f"; the attention layers {', '.join(repr(n) for n in attention[:3])} share a residual stream that "
+                 "starts at the model's input, whose width cannot shrink: add an input layer (an embedding or Linear) "
+                 "before it") if attention else ""
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PruneError(f"the pruned model no longer runs on its example input ({type(exc).__name__}: {first}): a "
+                         f"channel group is tied to a tensor that cannot be pruned{where}, or leave the layers of "
+                         "that group alone with ignore=[...] (CLI: --ignore PATTERN)") from exc
+    finally:
+        pruned.train(was)
 
 
 _Attempt = tuple[nn.Module, History, float]

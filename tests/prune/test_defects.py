@@ -159,3 +159,27 @@ def test_deep_cifar_resnets_are_registered(depth: int) -> None:
     model = create_model(f"resnet{depth}", num_classes=3)
     assert len(model.layers) == (depth - 2) // 6 * 3
     assert model(torch.randn(1, 3, 8, 8)).shape == (1, 3)
+
+
+class _RawTokens(nn.Module):
+    """A Transformer encoder fed raw token features: its residual stream starts at the input (optionally after an
+    input layer, which makes the stream prunable)."""
+
+    def __init__(self, embed: bool) -> None:
+        super().__init__()
+        self.embed = nn.Linear(32, 32) if embed else nn.Identity()
+        self.enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(32, 4, 64, batch_first=True), 2)
+        self.head = nn.Linear(32, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.enc(self.embed(x)).mean(1))
+
+
+def test_a_residual_stream_from_the_raw_input_is_a_one_line_error() -> None:
+    x = torch.randn(2, 10, 32)
+    with pytest.raises(PruneError, match="no longer runs on its example input") as info:
+        prune(_RawTokens(embed=False).eval(), x, target="macs=0.7")
+    assert "'enc.layers.0.self_attn'" in str(info.value) and "add an input layer" in str(info.value)
+    assert "\n" not in str(info.value)
+    pruned, report = prune(_RawTokens(embed=True).eval(), x, target="macs=0.7")  # the advice works
+    assert report.macs_after <= 0.7 * report.macs_before and pruned(x).shape == (2, 5)
