@@ -119,7 +119,8 @@ def _args() -> argparse.Namespace:
     ap.add_argument("--size", type=int, default=24)
     ap.add_argument("--model", default="resnet20?widths=[8,16,32]")
     ap.add_argument("--networks", type=int, default=2, help="networks the metanetwork is trained on")
-    ap.add_argument("--seeds", type=int, default=3, help="test networks pruned by every method")
+    ap.add_argument("--seeds", type=int, default=3, help="test networks pruned by every method (0: meta-train and "
+                    "validate only, e.g. to scan --sparsity without touching a test network)")
     ap.add_argument("--factors", default="2,3,5", help="MACs reduction factors vs the unpruned architecture")
     ap.add_argument("--train-epochs", type=int, default=10)
     ap.add_argument("--pre-prune", type=float, default=1.32, help="family pre-pruning MACs factor (1 = plain)")
@@ -206,11 +207,18 @@ def main() -> None:
     bases = [{"acc": evaluate_accuracy(n, data.test), **({b: _latency(n, shape, b, args.runs) for b in (1, 32)}
                                                         if args.runs > 0 else {})} for n in test_nets]
     print(f"{count} networks ready ({time.time() - t0:.0f} s); test networks: test acc {[b['acc'] for b in bases]}, "
-          f"{full_macs / model_macs(test_nets[0], example):.2f}x fewer MACs than the unpruned model", flush=True)
+          f"{full_macs / model_macs(nets[-1], example):.2f}x fewer MACs than the unpruned model", flush=True)
     meta = _meta(args, train_nets, val_net, data, full_macs, factors)
     step0 = meta.history[0]["val_acc"]
     print(f"metanetwork: best step {meta.best_step}; validation yardstick (prune + short finetune): one-shot L2 "
           f"{meta.baseline_val_acc:.4f}, step 0 {step0:.4f}, chosen {meta.best_val_acc:.4f} ({time.time() - t0:.0f} s)")
+    if not test_nets:
+        args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+                                        "meta": {"best_step": meta.best_step, "best_val_acc": meta.best_val_acc,
+                                                 "step0_val_acc": step0, "baseline_val_acc": meta.baseline_val_acc,
+                                                 "history": meta.history}}, indent=2))
+        print(f"validation only (--seeds 0): wrote {args.out}")
+        return
     identity = GraphMetanetwork(node_dim=meta.metanet.node_dim, edge_dim=meta.metanet.edge_dim, hidden=8, layers=1,
                                 out_scale=0.0)
     methods = ["l2", "gmn"] + (["iter"] if args.ablation else [])
