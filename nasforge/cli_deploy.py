@@ -11,6 +11,7 @@ from typing import Any
 from nasforge.archspec import ARCH_HELP
 from nasforge.cli_args import nonneg_int, positive_float, positive_int
 from nasforge.errors import ConfigError
+from nasforge.options import parse_key_values
 
 __all__ = ["add_commands"]
 
@@ -98,15 +99,7 @@ def _load_net(source: str, options: list[str]) -> Any:
     from nasforge.supernets import create_supernet, list_supernets
 
     if source in list_supernets():
-        parsed: dict[str, Any] = {}
-        for item in options:
-            key, sep, value = item.partition("=")
-            if not sep or not key:
-                raise ConfigError(f"--set {item!r} must be KEY=VALUE")
-            try:
-                parsed[key] = json.loads(value)
-            except json.JSONDecodeError:
-                parsed[key] = value
+        parsed = parse_key_values(options, lambda item: f"--set {item!r} must be KEY=VALUE")
         return create_supernet(source, **parsed).eval()
     if options:
         raise ConfigError("--set only applies when SOURCE is a space name; a checkpoint fixes the supernet")

@@ -20,6 +20,7 @@ from torch import nn
 from nasforge.data import DataSplits, load_data
 from nasforge.errors import CheckpointError, ConfigError
 from nasforge.io import atomic_write_json, atomic_write_text, load_torch_file
+from nasforge.options import parse_key_values
 from nasforge.prune_report import plot_widths, prune_markdown
 from nasforge.runlock import run_lock
 
@@ -44,16 +45,8 @@ class PruneSource:
 
 def _parse_zoo(text: str) -> tuple[str, dict[str, Any]]:
     name, _, query = text[len("zoo:"):].partition("?")
-    kwargs: dict[str, Any] = {}
-    for part in filter(None, query.split("&")):
-        key, sep, value = part.partition("=")
-        if not sep:
-            raise ConfigError(f"zoo option {part!r} in {text!r} must be key=value, e.g. zoo:mobilenetv2?width_mult=0.5")
-        try:
-            kwargs[key] = json.loads(value)
-        except json.JSONDecodeError:
-            kwargs[key] = value
-    return name, kwargs
+    return name, parse_key_values(filter(None, query.split("&")), lambda part: (
+        f"zoo option {part!r} in {text!r} must be key=value, e.g. zoo:mobilenetv2?width_mult=0.5"))
 
 
 def _load_weights(model: nn.Module, path: str | Path) -> None:

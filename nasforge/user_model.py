@@ -20,7 +20,6 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
-import json
 import os
 import re
 import sys
@@ -34,6 +33,7 @@ import torch
 from torch import nn
 
 from nasforge.errors import ConfigError
+from nasforge.options import parse_key_values
 
 __all__ = ["FACTORY_KIND", "FactorySpec", "parse_factory_spec", "build_factory_model", "check_model_output",
            "factory_model", "rebuild_factory_base", "refuse_exported_program"]
@@ -99,15 +99,8 @@ def parse_factory_spec(text: str) -> FactorySpec:
         raise ConfigError(f"--model {text!r}: {function!r} is not a Python name; write {_FORM}")
     if not target.endswith(".py") and not re.fullmatch(_MODULE_NAME, target):
         raise ConfigError(f"--model {text!r}: {target!r} is neither a .py file nor a module name; write {_FORM}")
-    kwargs: dict[str, Any] = {}
-    for part in filter(None, query.split("&")):
-        key, eq, value = part.partition("=")
-        if not eq or not key:
-            raise ConfigError(f"--model option {part!r} in {text!r} must be key=value, e.g. {head}?width=32")
-        try:
-            kwargs[key] = json.loads(value)
-        except json.JSONDecodeError:
-            kwargs[key] = value
+    kwargs = parse_key_values(filter(None, query.split("&")), lambda part: (
+        f"--model option {part!r} in {text!r} must be key=value, e.g. {head}?width=32"))
     return FactorySpec(target, function, kwargs)
 
 
