@@ -1,13 +1,17 @@
 """Export and latency on this CPU: ORT vs eager PyTorch, achieved GFLOP/s, and the latency-table predictor's error.
 
     python benchmarks/latency.py --out /tmp/latency-bench [--space mbv3-small] [--subnets 6] [--samples 30]
-        [--threads 1] [--batch 1] [--validate-at 128,224] [--skip-backends] [--remote]
+        [--threads 1] [--batch 1] [--validate-at 128,224] [--skip-backends] [--skip-table] [--remote]
 
 1. **ORT vs eager PyTorch:** ``--subnets`` subnets of ``--space`` (corners plus random ones, untrained weights: latency
    does not depend on them) are exported to ONNX and timed with the ``ort-cpu`` and ``torch-cpu`` profilers at
    batch 1 and 32, alternating the two backends subnet by subnet (same process, same threads).
+   Each subnet is exported twice, as before issue 22 (``rewrite=False``: squeeze-excite pooling as ``ReduceMean``)
+   and as now (``GlobalAveragePool``, which onnxruntime keeps in its blocked layout), timed alternately.
 2. **Achieved GFLOP/s:** each subnet's 2 x MACs x batch / median time, against this machine's fp32 matrix-multiply
-   rate measured in the same process (``torch.mm`` of 1024 x 1024 matrices with the same thread count).
+   rate measured in the same process (``torch.mm`` of 1024 x 1024 matrices with the same thread count), before and
+   after; for the largest subnet at batch 32, the kernel time per operator type (onnxruntime's profiler) and the
+   p50 at each graph optimisation level.
 3. **Latency table:** ``nasforge.export.build_latency_table`` on ``ort-cpu`` at ``--batch`` (``--calibration``
    subnets fit the correction, ``--holdout`` others record its held-out error), then ``validate_latency_table`` on
    ``--samples`` fresh random subnets: MAPE, share within 10%, Kendall tau, and the MAPE of the uncorrected sum of
@@ -70,6 +74,7 @@ def _args() -> argparse.Namespace:
     ap.add_argument("--repeats", type=int, default=3, help="interleaved measurements of each validation subnet")
     ap.add_argument("--validate-at", default="", help="also validate at each of these resolutions, e.g. 128,224")
     ap.add_argument("--skip-backends", action="store_true", help="skip ORT vs eager and GFLOP/s")
+    ap.add_argument("--skip-table", action="store_true", help="parts 1 and 2 only (no latency table)")
     ap.add_argument("--remote", action="store_true", help="measure the table through an agent on 127.0.0.1")
     ap.add_argument("--resolutions", default="", help="build the supernet with only these resolutions, e.g. 160")
     ap.add_argument("--seed", type=int, default=0)
@@ -85,54 +90,118 @@ def main() -> None:
     payload: dict[str, Any] = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
     if not args.skip_backends:
         payload.update(compare_backends(args, net))
-    with _profiler(args) as (profiler, where):
-        payload.update(table_error(args, net, profiler, where))
+    if not args.skip_table:
+        with _profiler(args) as (profiler, where):
+            payload.update(table_error(args, net, profiler, where))
     (args.out / "results.json").write_text(json.dumps(payload, indent=2))
-    plot(payload["validation"], args.out / "table_pred_vs_measured.png")
+    if not args.skip_table:
+        plot(payload["validation"], args.out / "table_pred_vs_measured.png")
     print(f"\nwrote {args.out}/results.json, latency_table.json, table_pred_vs_measured.png")
     print(f"reproduce: python benchmarks/latency.py --out DIR --space {args.space} --subnets {args.subnets} "
           f"--samples {args.samples} --threads {args.threads} --batch {args.batch}"
           + (f" --validate-at {args.validate_at}" if args.validate_at else "")
           + (" --skip-backends" if args.skip_backends else "") + (" --remote" if args.remote else "")
+          + (" --skip-table" if args.skip_table else "")
           + (f" --resolutions {args.resolutions}" if args.resolutions else ""))
 
 
 def compare_backends(args: argparse.Namespace, net: Any) -> dict[str, Any]:
-    """Parts 1 and 2: ORT vs eager PyTorch per subnet and batch, and the achieved share of the matmul rate."""
+    """Parts 1 and 2: ORT vs eager PyTorch per subnet and batch, and the achieved share of the matmul rate, for
+    the export as it was before issue 22 (``rewrite=False``: squeeze-excite pooling as ``ReduceMean``) and as it
+    is now (``GlobalAveragePool``), measured alternately."""
     rng = random.Random(args.seed)
     archs = [net.space.smallest(), net.space.largest()] + [net.space.sample(rng) for _ in range(args.subnets - 2)]
     peak = matmul_gflops(args.threads)
     print(f"fp32 matmul rate (torch.mm 1024x1024, {args.threads} thread(s)): {peak:.1f} GFLOP/s", flush=True)
     ort, eager = get_profiler("ort-cpu"), get_profiler("torch-cpu")
     rows: list[dict[str, Any]] = []
+    breakdown: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for i, arch in enumerate(archs):
             sub = net.extract(arch).eval()
             shape = net.input_shape(arch)
-            path = Path(tmp) / f"s{i}.onnx"
-            export_onnx(sub, torch.randn(1, *shape), path, dynamic_batch=True, exporter="torchscript", atol=1e-3,
-                        check_inputs=[torch.randn(32, *shape)])
+            paths = {}
+            for label, rewrite in (("before", False), ("after", True)):
+                paths[label] = Path(tmp) / f"s{i}-{label}.onnx"
+                export_onnx(sub, torch.randn(1, *shape), paths[label], dynamic_batch=True, exporter="torchscript",
+                            atol=1e-3, check_inputs=[torch.randn(32, *shape)], rewrite=rewrite)
             macs = net.macs(arch)
             for batch in (1, 32):
                 runs = args.runs if batch == 1 else max(20, args.runs // 4)
-                o = ort.measure(path, batch=batch, runs=runs, warmup=20, threads=args.threads)
+                ms = {k: float("inf") for k in ("before", "after")}
+                for _ in range(2):  # alternately, the better round kept
+                    for label, path in paths.items():
+                        o = ort.measure(path, batch=batch, runs=runs, warmup=20, threads=args.threads)
+                        ms[label] = min(ms[label], o.median_ms)
                 e = eager.measure(sub, input_shape=shape, batch=batch, runs=runs, warmup=20, threads=args.threads)
                 flops = 2.0 * macs * batch
                 rows.append({"subnet": i, "macs": macs, "resolution": shape[-1], "batch": batch,
-                             "ort_ms": o.median_ms, "ort_cv": o.cv, "torch_ms": e.median_ms, "torch_cv": e.cv,
-                             "speedup": e.median_ms / o.median_ms, "ort_gflops": flops / o.median_ms / 1e6,
+                             "ort_before_ms": ms["before"], "ort_ms": ms["after"], "torch_ms": e.median_ms,
+                             "speedup": e.median_ms / ms["after"], "rewrite_speedup": ms["before"] / ms["after"],
+                             "ort_before_gflops": flops / ms["before"] / 1e6, "ort_gflops": flops / ms["after"] / 1e6,
                              "torch_gflops": flops / e.median_ms / 1e6})
+            if i == 1:  # the largest subnet: where the time goes at batch 32, and the optimisation levels
+                breakdown = op_breakdown(paths["after"], (32, *shape), args.threads)
+    _print_backends(args, rows, peak, breakdown)
+    return {"matmul_gflops": peak, "rows": rows, "largest_b32": breakdown}
+
+
+def op_breakdown(path: Path, shape: tuple[int, ...], threads: int, runs: int = 30) -> dict[str, Any]:
+    """Share of kernel time per operator type (onnxruntime's profiler, optimisation level ALL) and p50 at each
+    graph optimisation level, for one ONNX file and input shape."""
+    import onnxruntime as ort
+
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    levels = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL, "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+              "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC}
+    out: dict[str, Any] = {"levels_ms": {}}
+    for name, level in levels.items():
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level, opts.intra_op_num_threads, opts.log_severity_level = level, threads, 3
+        if name == "all":
+            opts.enable_profiling = True
+            opts.profile_file_prefix = str(path.with_suffix(""))
+        s = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        feed = {s.get_inputs()[0].name: x}
+        times = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            s.run(None, feed)
+            times.append(time.perf_counter() - t0)
+        out["levels_ms"][name] = float(np.median(times)) * 1e3
+        if name == "all":
+            events = json.loads(Path(s.end_profiling()).read_text())
+            per_op: dict[str, float] = {}
+            for e in events:
+                if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+                    op = e["args"]["op_name"]
+                    per_op[op] = per_op.get(op, 0.0) + e["dur"]
+            total = sum(per_op.values())
+            out["op_share"] = {k: v / total for k, v in sorted(per_op.items(), key=lambda kv: -kv[1])}
+    return out
+
+
+def _print_backends(args: argparse.Namespace, rows: list[dict[str, Any]], peak: float,
+                    breakdown: dict[str, Any]) -> None:
     print(f"\n{args.space}, {args.threads} thread(s); ORT graph optimisation ALL vs eager PyTorch (inference mode)\n")
-    print("| subnet | MMACs | batch | ORT ms | eager ms | eager / ORT | ORT GFLOP/s | % of matmul rate |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| subnet | MMACs | batch | ORT ms before | ORT ms | eager ms | eager / ORT | ORT GFLOP/s before | "
+          "ORT GFLOP/s | % of matmul rate before | % of matmul rate |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['subnet']} | {r['macs'] / 1e6:.2f} | {r['batch']} | {r['ort_ms']:.3f} | {r['torch_ms']:.3f} | "
-              f"{r['speedup']:.2f} | {r['ort_gflops']:.2f} | {100 * r['ort_gflops'] / peak:.1f}% |")
+        print(f"| {r['subnet']} | {r['macs'] / 1e6:.2f} | {r['batch']} | {r['ort_before_ms']:.3f} | {r['ort_ms']:.3f} | "
+              f"{r['torch_ms']:.3f} | {r['speedup']:.2f} | {r['ort_before_gflops']:.2f} | {r['ort_gflops']:.2f} | "
+              f"{100 * r['ort_before_gflops'] / peak:.1f}% | {100 * r['ort_gflops'] / peak:.1f}% |")
     for batch in (1, 32):
-        mine = [r["speedup"] for r in rows if r["batch"] == batch]
-        geo = float(np.exp(np.mean(np.log(mine))))
-        print(f"\nbatch {batch}: eager / ORT geometric mean x{geo:.2f} over {len(mine)} subnets")
-    return {"matmul_gflops": peak, "rows": rows}
+        mine = [r for r in rows if r["batch"] == batch]
+        geo = float(np.exp(np.mean(np.log([r["speedup"] for r in mine]))))
+        rw = float(np.exp(np.mean(np.log([r["rewrite_speedup"] for r in mine]))))
+        share = [100 * r["ort_gflops"] / peak for r in mine]
+        print(f"\nbatch {batch}: eager / ORT geometric mean x{geo:.2f}; rewrite (after / before) x{rw:.2f}; share "
+              f"of the matmul rate {min(share):.0f}-{max(share):.0f}% over {len(mine)} subnets")
+    if breakdown:
+        ops = ", ".join(f"{k} {100 * v:.0f}%" for k, v in list(breakdown["op_share"].items())[:8])
+        lv = ", ".join(f"{k} {v:.2f} ms" for k, v in breakdown["levels_ms"].items())
+        print(f"\nlargest subnet, batch 32: kernel time by operator: {ops}; p50 by optimisation level: {lv}")
 
 
 @contextlib.contextmanager

@@ -78,6 +78,7 @@ from ._model_latency import device_latency, layer_latency, torch_cpu_latency
 from ._onnx_io import InputSpec, read_metadata, single_input_spec
 from ._parity import check_parity
 from ._remote import RemoteProfiler, agent_info
+from ._rewrite import spatial_means_to_global_pool
 from ._slim import slim_onnx
 from ._tensorrt import TrtBuildConfig, build_engine, graph_precision, plan_build, tensorrt_version
 
@@ -126,6 +127,7 @@ __all__ = [
     "validate_latency_table",
     "supernet_signature",
     "slim_onnx",
+    "spatial_means_to_global_pool",
     "TrtBuildConfig",
     "build_engine",
     "ExportFormat",

@@ -24,6 +24,7 @@ from nasforge.runlock import remove_stale_temps, temp_prefix
 
 from ._onnx_io import first_line, open_session
 from ._parity import eval_mode, session_parity
+from ._rewrite import spatial_means_to_global_pool
 
 if TYPE_CHECKING:
     import onnx
@@ -90,6 +91,7 @@ def export_onnx(
     exporter: str = "dynamo",
     input_name: str = "input",
     output_name: str = "logits",
+    rewrite: bool = True,
 ) -> ExportResult:
     """Export ``model`` to ONNX at ``path``, keeping the file only if onnxruntime reproduces PyTorch.
 
@@ -106,15 +108,14 @@ def export_onnx(
         path: destination ``.onnx`` file; its folder is created if needed.
         opset: ONNX opset of the default domain.
         dynamic_batch: make dim 0 of the input and output dynamic.
-        metadata: extra string key/value pairs for ``metadata_props``; the keys nasforge writes itself
-            (``nasforge_version``, ``input_shape``, ``input_name``, ``output_name``, ``dynamic_batch``,
-            ``exporter``) are reserved.
+        metadata: extra string key/value pairs for ``metadata_props``, not the keys nasforge writes itself
+            (``nasforge_version``, ``input_shape``, ``input_name``, ``output_name``, ``dynamic_batch``, ``exporter``).
         check_inputs: more inputs for the parity check (same shape as ``example_input``, except dim 0 when
             ``dynamic_batch``).
         atol: largest acceptable absolute output difference.
         exporter: ``"dynamo"`` (``torch.onnx.export(dynamo=True)``, needs onnxscript) or ``"torchscript"``.
-        input_name: name of the graph input.
-        output_name: name of the graph output.
+        input_name, output_name: names of the graph input and output.
+        rewrite: apply :func:`~nasforge.export.spatial_means_to_global_pool` (faster in onnxruntime, same values).
 
     Returns:
         An :class:`ExportResult`.
@@ -134,9 +135,16 @@ def export_onnx(
         proto = _export_to_proto(
             model, example_input, tmp_dir / path.name, opset, dynamic_batch, exporter, (input_name, output_name)
         )
-        proto.metadata_props.extend(_props(props))
+        _finish(proto, props, rewrite)
         diff = _write_if_parity(model, proto, inputs, path, atol, exporter)
     return ExportResult(path, _opset_of(proto), diff, len(inputs), tuple(example_input.shape), dynamic_batch, exporter)
+
+
+def _finish(proto: onnx.ModelProto, props: dict[str, str], rewrite: bool) -> None:
+    """The runtime-friendly rewrites (same values; checked by the parity check that follows) and the metadata."""
+    if rewrite:
+        spatial_means_to_global_pool(proto)
+    proto.metadata_props.extend(_props(props))
 
 
 @contextlib.contextmanager

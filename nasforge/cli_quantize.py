@@ -12,13 +12,15 @@ from nasforge.archspec import ARCH_HELP
 from nasforge.cli_args import nonneg_int, positive_float, positive_int, positive_ints
 from nasforge.errors import ConfigError
 
-__all__ = ["CALIBRATIONS", "METHODS", "TARGETS", "add_commands", "infer_qat_source"]
+__all__ = ["CALIBRATIONS", "GROUPS", "METHODS", "POLICIES", "TARGETS", "add_commands", "infer_qat_source"]
 
-#: ``nasforge.quantize.METHODS``, ``CALIBRATIONS`` and ``TARGETS``, written out: importing that package (numpy,
+#: ``nasforge.quantize.METHODS``, ``CALIBRATIONS``, ``TARGETS``, ``POLICIES`` and the group names, written out: importing that package (numpy,
 #: onnx helpers) is too slow for ``--help``. tests/test_cli_help.py checks that they are the same.
 METHODS = ("auto", "static", "dynamic", "qat")
 CALIBRATIONS = ("minmax", "entropy", "percentile")
 TARGETS = ("ort", "tensorrt")
+POLICIES = ("selective", "all")
+GROUPS = ("stem", "depthwise", "squeeze-excite", "swish", "residual-add", "conv", "linear")
 
 
 def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -52,7 +54,17 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--engine", type=Path, help="with --target tensorrt: also build this TensorRT engine (needs "
                                                "TensorRT and a GPU)")
     p.add_argument("--batch", type=positive_ints("1,32"), default=(1,),
-                   help="batch sizes to time, comma-separated (default 1; e.g. 1,32)")
+                   help="batch sizes to time, comma-separated (default 1; e.g. 1,32); with --policy selective the "
+                        "INT8 file must be faster at each of them")
+    p.add_argument("--policy", choices=POLICIES, default="selective",
+                   help="selective (default): measure on --device which operator groups INT8 speeds up, keep the "
+                        "others in float, and keep FP32 when no INT8 variant is faster at every --batch; all: "
+                        "quantize everything")
+    p.add_argument("--float", dest="float_groups", default="", metavar="GROUPS",
+                   help=f"operator groups to keep in float, comma-separated: {', '.join(GROUPS)}")
+    p.add_argument("--min-speedup", type=positive_float, default=1.03,
+                   help="speed-up over FP32 an INT8 variant needs at every batch size (default 1.03: a margin "
+                        "for timing noise)")
     p.add_argument("--source", help="--method qat: the PyTorch model behind MODEL (a pruned model.pt, RUN/subnets/K, "
                                     "a checkpoint with --arch, zoo:NAME with --weights); default: found next to MODEL")
     p.add_argument("--arch", help=f"--method qat with a checkpoint --source: the subnet ({ARCH_HELP})")
@@ -103,7 +115,9 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     config = QuantConfig(method=args.method, calibration=args.calibration, calib_samples=args.calib_samples,
                          per_channel=not args.per_tensor,
                          reduce_range={"auto": None, "on": True, "off": False}[args.reduce_range],
-                         activation_type=args.activation_type, target=args.target)
+                         activation_type=args.activation_type, target=args.target, policy=args.policy,
+                         float_groups=tuple(g.strip() for g in args.float_groups.split(",") if g.strip()),
+                         min_speedup=args.min_speedup)
     batches = tuple(args.batch)
     model = Path(args.model)
     proto = ensure_onnx_path(model)
@@ -133,5 +147,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
         print(json.dumps(report.to_dict()))
         return 0
     print(report.to_markdown())
+    if report.choice == "fp32":
+        print(f"INT8 did not pay on {args.device}: {args.out} holds the FP32 model (see the report)")
     print(f"wrote {args.out} and its report ({Path(args.out).with_suffix('').name}.report.json / .md)")
     return 1 if report.saturation else 0

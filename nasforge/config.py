@@ -207,6 +207,9 @@ class CompressSection:
         quantize: write an INT8 ONNX file (of the pruned model when ``prune`` is set).
         method, calibration: the INT8 settings (:class:`nasforge.quantize.QuantConfig`); an ``int8_accuracy``
             or ``int8_latency_ms`` search objective quantizes with them too (``qat`` as ``static`` there).
+        policy: ``selective`` (keep in float the operator groups INT8 does not speed up on ``export.backend``,
+            and the FP32 model when no INT8 variant is faster at every batch size) or ``all``.
+        batches: comma-separated batch sizes the INT8 file must be faster at (e.g. ``"1,32"``).
     """
 
     prune: str | None = None
@@ -216,6 +219,8 @@ class CompressSection:
     quantize: bool = False
     method: str = "static"
     calibration: str = "minmax"
+    policy: str = "selective"
+    batches: str = "1"
 
     def __post_init__(self) -> None:
         from nasforge.prune import list_criteria, parse_target
@@ -230,7 +235,27 @@ class CompressSection:
             raise ConfigError(f"finetune_epochs={self.finetune_epochs} is invalid; it must be >= 0")
         if self.round_to < 1:
             raise ConfigError(f"round_to={self.round_to} is invalid; it must be >= 1 (1: any channel count)")
-        QuantConfig(method=self.method, calibration=self.calibration)
+        QuantConfig(method=self.method, calibration=self.calibration, policy=self.policy)
+        self.batch_sizes  # noqa: B018  (validates)
+
+    @property
+    def batch_sizes(self) -> tuple[int, ...]:
+        """``batches`` as integers."""
+        try:
+            sizes = tuple(int(b) for b in str(self.batches).split(",") if b.strip())
+        except ValueError:
+            sizes = ()
+        if not sizes or min(sizes) < 1:
+            raise ConfigError(f"compress.batches={self.batches!r} is invalid; pass comma-separated sizes >= 1 "
+                              "(e.g. \"1,32\")")
+        return sizes
+
+    def quant_config(self, *, search: bool = False) -> Any:
+        """The :class:`nasforge.quantize.QuantConfig` of this stage (``qat`` quantizes as ``static`` in a search)."""
+        from nasforge.quantize import QuantConfig
+
+        method = "static" if search and self.method == "qat" else self.method
+        return QuantConfig(method=method, calibration=self.calibration, policy=self.policy)
 
     @property
     def enabled(self) -> bool:

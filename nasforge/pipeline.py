@@ -219,13 +219,12 @@ def make_evaluator(cfg: RunConfig, net: Supernet, data: DataSplits, scratch: Pat
     or constraint needs it) latency of the exported ONNX model on ``export.backend`` with a short protocol, and
     the INT8 file's ``int8_accuracy`` / ``int8_latency_ms`` (:func:`nasforge.search.make_subnet_evaluator`).
     """
-    from nasforge.quantize import QuantConfig
     from nasforge.search import make_subnet_evaluator
 
     # what is measured and how comes from the search section (SearchSection.evaluator_options, as in `nasforge
     # search`); latency is timed like the export stage and the search quantizes like the compress stage does
-    # (compress.method / calibration; qat is static in the loop)
-    int8_config = QuantConfig(method=cfg.compress.method, calibration=cfg.compress.calibration)
+    # (compress.method / calibration / policy; qat is static in the loop)
+    int8_config = cfg.compress.quant_config(search=True)
     return make_subnet_evaluator(net, data, **cfg.search.evaluator_options(), scratch=scratch,
                                  backend=cfg.export.backend, threads=cfg.export.threads, int8_config=int8_config)
 
@@ -352,7 +351,8 @@ def _compress_status(c: dict[str, Any]) -> str:
     if "int8" in c:
         q = c["int8"]
         speed = f", {q['speedup']:.2f}x faster" if q.get("speedup") else ""
-        parts.append(f"INT8 test acc {q['test_acc']:.3f}{speed}")
+        kept = {"fp32": " (FP32 kept: INT8 did not pay)", "mixed": " (some groups in float)"}.get(q.get("choice"), "")
+        parts.append(f"INT8 test acc {q['test_acc']:.3f}{speed}{kept}")
     return "; ".join(parts)
 
 
@@ -430,14 +430,14 @@ def _prune_subnet(cfg: RunConfig, net: Supernet, data: DataSplits, folder: Path,
 def _quantize_subnet(cfg: RunConfig, data: DataSplits, folder: Path, source: Path, model: torch.nn.Module,
                      test_x: torch.Tensor, fp32_ms: float) -> tuple[dict[str, Any], float | None]:
     """Quantize ``source`` to ``compressed/model.int8.onnx``; return its row and the source's measured latency."""
-    from nasforge.quantize import QuantConfig, quantize
+    from nasforge.quantize import quantize
 
     c = cfg.compress
     int8 = folder / "compressed" / "model.int8.onnx"
-    rep_q = quantize(source, int8, data=data, config=QuantConfig(method=c.method, calibration=c.calibration),
-                     device=_device(cfg), batches=(1,), torch_model=model if c.method == "qat" else None,
-                     qat_options={"seed": cfg.seed})
-    check, lat = rep_q.check, rep_q.latency.get("1", {})
+    rep_q = quantize(source, int8, data=data, config=c.quant_config(), device=_device(cfg), batches=c.batch_sizes,
+                     torch_model=model if c.method == "qat" else None, qat_options={"seed": cfg.seed})
+    check, lat = rep_q.check, rep_q.latency.get(str(c.batch_sizes[0]), {})
+    selection = rep_q.selection or {}
     return {
         "onnx": "compressed/model.int8.onnx", "source": source.relative_to(folder).as_posix(),
         "method": "qat" if rep_q.qat is not None else rep_q.method,
@@ -447,6 +447,8 @@ def _quantize_subnet(cfg: RunConfig, data: DataSplits, folder: Path, source: Pat
         "saturation": check["saturation"], "latency_p50_ms": lat.get("int8_ms"),
         "speedup": fp32_ms / lat["int8_ms"] if lat.get("int8_ms") else None,
         "speedup_vs_source": lat.get("speedup"),
+        "speedup_by_batch": {b: row["speedup"] for b, row in rep_q.latency.items()},
+        "choice": rep_q.choice, "float_groups": sorted(selection.get("float_groups", {})),
         "report": "compressed/model.int8.report.md",
     }, lat.get("fp32_ms")
 

@@ -209,18 +209,34 @@ def _compressed(cfg: RunConfig, summary: RunSummary) -> str:
         if p is not None:
             row.update(pruned_macs=f"{p['macs_after']:,}", pruned_test_acc=fmt(p["test_acc"]))
         if q is not None:
-            row.update(int8_test_acc=fmt(q["test_acc"]), int8_rel_l2=fmt(q["rel_l2"]), saturation=q["saturation"])
+            row.update(int8_test_acc=fmt(q["test_acc"]), int8_rel_l2=fmt(q["rel_l2"]), saturation=q["saturation"],
+                       int8=_int8_choice(q))
         row.update(p50_ms=fmt(last.get("latency_p50_ms")), speedup=fmt(last.get("speedup"), ".2f"))
         rows.append(row)
     steps = ([f"pruned to `{c.prune}` ({c.criterion}, {c.finetune_epochs} finetuning epoch(s))"] if c.prune else [])
     steps += [f"quantized to INT8 ({c.method}, {c.calibration} calibration)"] if c.quantize else []
     return f"""## Compressed subnets
 
-Each subnet was {" and then ".join(steps)}: files in `subnets/<k>/compressed/`. Accuracies are onnxruntime's on the test split; `p50_ms` is the {"INT8" if c.quantize else "pruned"} file's latency on `{cfg.export.backend}`, `speedup` is against the FP32 subnet's.
+Each subnet was {" and then ".join(steps)}: files in `subnets/<k>/compressed/`. Accuracies are onnxruntime's on the test split; `p50_ms` is the {"INT8" if c.quantize else "pruned"} file's latency on `{cfg.export.backend}`, `speedup` is against the FP32 subnet's.{_policy_note(c) if c.quantize else ""}
 
 {_fmt_table(rows, list(rows[0]))}
 
 """
+
+
+def _int8_choice(q: dict[str, Any]) -> str:
+    """``int8``, ``fp32 kept`` or ``float: <groups>`` for the compressed-subnets table."""
+    if q.get("choice") == "fp32":
+        return "fp32 kept"
+    return "float: " + ", ".join(q["float_groups"]) if q.get("float_groups") else "int8"
+
+
+def _policy_note(c: Any) -> str:
+    if c.policy != "selective":
+        return " Every operator group was quantized (`compress.policy: all`)."
+    return (f" Selective quantization (batch {c.batches}): operator groups INT8 did not speed up stayed in float, "
+            "and where no INT8 variant was faster at every batch size the FP32 model was kept (`int8` column; "
+            "the reasons are in each `model.int8.report.md`).")
 
 
 def _markdown(cfg: RunConfig, data: DataSplits, summary: RunSummary, rows: list[dict[str, Any]]) -> str:

@@ -9,6 +9,9 @@ before and after on the chosen device. Settings are a :class:`QuantConfig`:
   training samples (MinMax, Entropy or Percentile), per-channel weights;
 - ``dynamic``: weights only, for Linear/MatMul-heavy models (``auto`` picks it for them);
 - ``qat``: fake-quant finetuning in PyTorch (:func:`qat_finetune`), then static;
+- ``policy="selective"`` (the default when a device is given): operator groups INT8 does not speed up on the
+  device (depthwise convolutions, squeeze-excite, hard-swish, ...) stay in float, found by measuring variants
+  on it, and the FP32 model is kept when no INT8 variant is faster at every batch size (:func:`run_selection`);
 - ``target="tensorrt"``: the symmetric int8 Q/DQ graph TensorRT's explicit quantization wants (TensorRT 11 reads
   the precision from it; TensorRT 10 builds it with the INT8 flag).
 
@@ -27,10 +30,12 @@ from typing import TYPE_CHECKING, Any
 from ._api import QuantReport, decide_range, quantize, read_report, report_paths
 from ._capabilities import RangeDecision, choose_reduce_range, device_fingerprint, has_vnni
 from ._checks import OutputCheck, check_outputs, relative_l2, run_onnx
-from ._config import CALIBRATIONS, METHODS, TARGETS, QuantConfig
+from ._config import CALIBRATIONS, METHODS, POLICIES, TARGETS, QuantConfig
+from ._groups import GROUP_DESCRIPTIONS, operator_groups
 from ._inputs import fit_inputs
 from ._methods import QuantJob, QuantMethod, get_method, list_methods, register_method
-from ._ort import ensure_onnx_path, linear_mac_share, quantize_onnx
+from ._ort import OrtQuantization, ensure_onnx_path, linear_mac_share, quantize_onnx
+from ._selective import Selection, Trial, run_selection, select_groups
 from ._targets import QuantTarget, get_target, list_targets, register_target
 from ._trt import tensorrt_plans, tensorrt_qdq_problems
 
@@ -41,8 +46,11 @@ _LAZY = {"prepare_qat": "._qat", "qat_finetune": "._qat", "strip_qat": "._qat"}
 
 __all__ = [
     "CALIBRATIONS",
+    "GROUP_DESCRIPTIONS",
     "METHODS",
+    "POLICIES",
     "TARGETS",
+    "OrtQuantization",
     "OutputCheck",
     "QuantConfig",
     "QuantJob",
@@ -50,6 +58,7 @@ __all__ = [
     "QuantTarget",
     "QuantReport",
     "RangeDecision",
+    "Selection",
     "check_outputs",
     "choose_reduce_range",
     "decide_range",
@@ -74,6 +83,10 @@ __all__ = [
     "strip_qat",
     "tensorrt_plans",
     "tensorrt_qdq_problems",
+    "Trial",
+    "operator_groups",
+    "run_selection",
+    "select_groups",
     "ensure_onnx_path",
 ]
 

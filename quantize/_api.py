@@ -22,7 +22,8 @@ from ._checks import OutputCheck, check_outputs
 from ._config import QuantConfig
 from ._inputs import fit_inputs
 from ._methods import QuantJob, QuantMethod, get_method
-from ._ort import ensure_onnx_path, quantize_onnx
+from ._ort import OrtQuantization, ensure_onnx_path, quantize_onnx
+from ._selective import Selection, Trial, run_selection
 from ._targets import get_target
 
 if TYPE_CHECKING:
@@ -49,6 +50,8 @@ class QuantReport:
         tensorrt: for target ``tensorrt``: problems TensorRT would have with the Q/DQ graph (none expected) and
             the TensorRT 10 / 11 build plans.
         qat: for method ``qat``: the finetuning record.
+        selection: for policy ``selective`` on a device: what stayed in float and why, every variant measured
+            (:class:`nasforge.quantize._selective.Selection`).
         seconds: wall time.
     """
 
@@ -63,7 +66,14 @@ class QuantReport:
     device: dict[str, Any] = field(default_factory=dict)
     tensorrt: dict[str, Any] | None = None
     qat: dict[str, Any] | None = None
+    selection: dict[str, Any] | None = None
     seconds: float = 0.0
+
+    @property
+    def choice(self) -> str:
+        """``"int8"``, ``"mixed"`` (some operator groups in float) or ``"fp32"`` (INT8 did not pay; the FP32 model
+        was written); ``"int8"`` when nothing was measured."""
+        return str((self.selection or {}).get("choice", "int8"))
 
     @property
     def saturation(self) -> bool:
@@ -100,6 +110,11 @@ class QuantReport:
             lines += ["", "| batch | FP32 p50 ms | INT8 p50 ms | speed-up |", "|---|---|---|---|"]
             for b, row in self.latency.items():
                 lines.append(f"| {b} | {row['fp32_ms']:.4f} | {row['int8_ms']:.4f} | {row['speedup']:.2f}x |")
+        if self.selection is not None:
+            lines += _selection_markdown(self.selection)
+        elif self.config.get("policy") == "selective" and not self.latency:
+            lines += ["", "Selective quantization needs a device to measure on (--device); every operator group "
+                      "was quantized."]
         if self.tensorrt is not None:
             probs = self.tensorrt["problems"]
             lines += ["", "INT8 accuracy and error above are those of simulated quantization: TensorRT's "
@@ -112,6 +127,12 @@ class QuantReport:
             lines += ["", f"QAT: {self.qat.get('epochs')} epoch(s) of fake-quant finetuning; validation accuracy "
                       f"of the finetuned FP32 model {fmt(self.qat.get('fp32_accuracy_after'))}."]
         return "\n".join(lines) + "\n"
+
+
+def _selection_markdown(selection: dict[str, Any]) -> list[str]:
+    trials = [Trial(tuple(t["float_groups"]), t["latency"]) for t in selection.get("trials", [])]
+    fields = {k: selection[k] for k in ("choice", "reason", "groups", "float_groups", "min_speedup")}
+    return Selection(**fields, trials=trials).markdown()
 
 
 def report_paths(output: str | Path) -> tuple[Path, Path]:
@@ -259,18 +280,28 @@ def _run(job: QuantJob, method: QuantMethod, spec: InputSpec, dev: Device | None
     calib, val_x, val_y = _check_inputs(job.data, config, spec, src, check_samples)
     fp32_for_int8, qat_record = method.fp32_source(job)
     say(f"quantizing {src.name} ({config.method}) ...")
-    result = quantize_onnx(fp32_for_int8, dst, config, reduce_range=decision.reduce_range, calib_x=calib)
     target = get_target(config.target)
+
+    def write(out: Path, cfg: QuantConfig) -> OrtQuantization:
+        return quantize_onnx(fp32_for_int8, out, cfg, reduce_range=decision.reduce_range, calib_x=calib)
+
+    latency: dict[str, dict[str, float]] = {}
+    selection: Selection | None = None
+    if dev is not None and config.policy == "selective" and target.onnxruntime_kernels:
+        say(f"selective quantization: measuring on {dev.name} which operator groups INT8 speeds up ...")
+        result, latency, selection = run_selection(
+            src, dst, config, write, lambda path: _measure(dev, src, path, batches, spec.dims[0]), say)
+    else:
+        result = write(dst, config)
+        if dev is not None:
+            say(f"measuring FP32 and INT8 on {dev.name} ...")
+            latency = _measure(dev, src, dst, batches, spec.dims[0])
     check: OutputCheck = check_outputs(src, dst, val_x, val_y, factor=config.saturation_factor,
                                        margin=config.saturation_margin, kernels=target.onnxruntime_kernels)
-    latency: dict[str, dict[str, float]] = {}
-    if dev is not None:
-        say(f"measuring FP32 and INT8 on {dev.name} ...")
-        latency = _measure(dev, src, dst, batches, spec.dims[0])
     return QuantReport(source=str(src), output=str(dst), config=config.to_dict(), method=result.method,
                        range_decision=decision.to_dict(), settings=result.settings, check=check.to_dict(),
                        latency=latency, device={} if dev is None else dev.to_dict(), tensorrt=target.report(dst),
-                       qat=qat_record)
+                       qat=qat_record, selection=None if selection is None else selection.to_dict())
 
 
 def _check_inputs(data: DataSplits | None, config: QuantConfig, spec: InputSpec, src: Path, check_samples: int

@@ -8,14 +8,16 @@ from typing import Any
 
 from nasforge.errors import ConfigError
 
+from ._groups import GROUP_DESCRIPTIONS
 from ._targets import get_target
 
-__all__ = ["ACTIVATION_TYPES", "CALIBRATIONS", "METHODS", "TARGETS", "QuantConfig"]
+__all__ = ["ACTIVATION_TYPES", "CALIBRATIONS", "METHODS", "POLICIES", "TARGETS", "QuantConfig"]
 
 METHODS = ("auto", "static", "dynamic", "qat")
 CALIBRATIONS = ("minmax", "entropy", "percentile")
 TARGETS = ("ort", "tensorrt")
 ACTIVATION_TYPES = ("uint8", "int8")
+POLICIES = ("selective", "all")
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,13 @@ class QuantConfig:
             0, per-channel weights, as TensorRT's explicit quantization wants; no reduce_range).
         percentile: the percentile of ``calibration="percentile"``.
         exclude_nodes: ONNX node names left in float.
+        float_groups: operator groups left in float (``depthwise``, ``squeeze-excite``, ``swish``, ``stem``,
+            ``residual-add``, ``conv``, ``linear``; see :data:`nasforge.quantize.GROUP_DESCRIPTIONS`).
+        policy: ``"selective"`` (measure on the device which groups INT8 speeds up, keep the others in float,
+            and keep the FP32 model when no variant is at least ``min_speedup`` times faster at every batch
+            size asked for) or ``"all"`` (quantize every group; also what happens without a device to measure).
+        min_speedup: the speed-up, at every measured batch, an INT8 variant needs to be chosen over FP32 (a
+            margin above 1.0 for timing noise).
         saturation_factor: flag saturation when the INT8 model's relative error exceeds this many times the
             simulated-quantization reference's (and by more than ``saturation_margin``).
         saturation_margin: absolute slack of that comparison.
@@ -54,11 +63,14 @@ class QuantConfig:
     target: str = "ort"
     percentile: float = 99.999
     exclude_nodes: tuple[str, ...] = ()
+    float_groups: tuple[str, ...] = ()
+    policy: str = "selective"
+    min_speedup: float = 1.03
     saturation_factor: float = 1.5
     saturation_margin: float = 0.01
 
     def __post_init__(self) -> None:
-        for name, choices in (("method", METHODS), ("calibration", CALIBRATIONS), ("target", TARGETS),
+        for name, choices in (("method", METHODS), ("policy", POLICIES), ("calibration", CALIBRATIONS), ("target", TARGETS),
                               ("activation_type", ACTIVATION_TYPES)):
             if getattr(self, name) not in choices:
                 raise ConfigError(f"quantization {name} {getattr(self, name)!r} is unknown; pick one of {choices}")
@@ -70,11 +82,18 @@ class QuantConfig:
             raise ConfigError(f"percentile={self.percentile!r} is invalid; pass a number in [90, 100] (e.g. 99.999)")
         if not (isinstance(self.saturation_factor, (int, float)) and self.saturation_factor >= 1.0):
             raise ConfigError(f"saturation_factor={self.saturation_factor!r} is invalid; pass a number >= 1")
+        if not (isinstance(self.min_speedup, (int, float)) and 0 < self.min_speedup <= 10):
+            raise ConfigError(f"min_speedup={self.min_speedup!r} is invalid; pass a number in (0, 10] (e.g. 1.03)")
         object.__setattr__(self, "exclude_nodes", tuple(self.exclude_nodes))
+        object.__setattr__(self, "float_groups", tuple(self.float_groups))
+        unknown = [g for g in self.float_groups if g not in GROUP_DESCRIPTIONS]
+        if unknown:
+            raise ConfigError(f"float group {unknown[0]!r} is unknown; pick from {tuple(GROUP_DESCRIPTIONS)}")
         get_target(self.target).validate(self)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
         out = dataclasses.asdict(self)
         out["exclude_nodes"] = list(self.exclude_nodes)
+        out["float_groups"] = list(self.float_groups)
         return out

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from nasforge.onnx_io import first_line, load_onnx, single_input_spec
 from nasforge.runlock import remove_stale_temps, temp_prefix
 
 from ._config import QuantConfig
+from ._groups import fold_float_inputs, name_nodes, operator_groups
 from ._inputs import ArrayReader
 from ._methods import get_method
 from ._targets import get_target
@@ -26,7 +28,8 @@ _CALIBRATE = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentil
 
 @dataclass(frozen=True)
 class OrtQuantization:
-    """What :func:`quantize_onnx` wrote: the settings actually used and how many tensors were quantized."""
+    """What :func:`quantize_onnx` wrote: the settings actually used, how many compute nodes were quantized, and
+    the graph's operator groups (:func:`nasforge.quantize._groups.operator_groups`) with their node counts."""
 
     path: Path
     method: str
@@ -34,6 +37,7 @@ class OrtQuantization:
     quantized_nodes: int
     float_nodes: int
     settings: dict[str, Any]
+    groups: dict[str, int] = field(default_factory=dict)
 
 
 def linear_mac_share(model: Any) -> float:
@@ -50,8 +54,10 @@ def resolve_method(config: QuantConfig, model: Any) -> str:
     return get_method(config.method).resolve(config, model).name
 
 
-def _preprocess(src: Path, tmp: Path) -> Path:
-    """Shape inference and graph optimisation before quantization (onnxruntime's recommended step)."""
+def _preprocess(src: Path, tmp: Path) -> tuple[Path, dict[str, list[str]]]:
+    """Shape inference and graph optimisation before quantization (onnxruntime's recommended step); every node
+    named (inlined functions such as hard-swish come out unnamed); ``(the file, its operator groups)``."""
+    import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     out = tmp / "preprocessed.onnx"
@@ -59,7 +65,10 @@ def _preprocess(src: Path, tmp: Path) -> Path:
         quant_pre_process(str(src), str(out), skip_symbolic_shape=True)
     except Exception as err:  # noqa: BLE001  onnxruntime raises bare Exception subclasses from many layers
         raise ExportError(f"cannot prepare '{src}' for quantization: {first_line(err)}") from err
-    return out
+    model = onnx.load(str(out))
+    if name_nodes(model):
+        onnx.save(model, str(out))
+    return out, operator_groups(model)
 
 
 def write_dynamic(pre: Path, staged: Path, config: QuantConfig, *, reduce_range: bool) -> dict[str, Any]:
@@ -120,7 +129,11 @@ def quantize_onnx(src: str | Path, dst: str | Path, config: QuantConfig, *, redu
     if folder is not None:
         remove_stale_temps(folder)  # folders left by quantizations that were killed (never a live one's)
     with tempfile.TemporaryDirectory(prefix=temp_prefix(dst.name), suffix=".quantize", dir=folder) as tmp:
-        pre = _preprocess(src, Path(tmp))
+        pre, groups = _preprocess(src, Path(tmp))
+        floating = _float_nodes(config, groups)
+        config = dataclasses.replace(config, exclude_nodes=floating)
+        if config.float_groups:
+            settings["float_groups"] = list(config.float_groups)
         staged = Path(tmp) / "int8.onnx"
         try:
             settings.update(method.write(pre, staged, config, reduce_range=reduce_range, calib_x=calib_x,
@@ -131,11 +144,18 @@ def quantize_onnx(src: str | Path, dst: str | Path, config: QuantConfig, *, redu
         except Exception as err:  # noqa: BLE001  onnxruntime's quantizer raises many unrelated types
             raise ExportError(f"onnxruntime could not quantize '{src}': {first_line(err)}") from err
         out = load_onnx(staged, check=False)
+        fold_float_inputs(out, floating)
         _copy_metadata(model, out, settings)
         atomic_write(dst, lambda fh: fh.write(out.SerializeToString()))
     settings["quantized_nodes"], settings["float_nodes"] = _count_nodes(out)
     return OrtQuantization(dst, method.name, reduce_range, settings["quantized_nodes"], settings["float_nodes"],
-                           settings)
+                           settings, {g: len(names) for g, names in groups.items()})
+
+
+def _float_nodes(config: QuantConfig, groups: dict[str, list[str]]) -> tuple[str, ...]:
+    """``config.exclude_nodes`` plus the nodes of ``config.float_groups`` (a group the graph lacks adds none)."""
+    extra = [n for g in config.float_groups for n in groups.get(g, [])]
+    return tuple(dict.fromkeys([*config.exclude_nodes, *extra]))
 
 
 def _copy_metadata(src: Any, out: Any, settings: dict[str, Any]) -> None:
@@ -156,13 +176,14 @@ _COMPUTE = {"Conv", "MatMul", "Gemm", "ConvInteger", "MatMulInteger", "QLinearCo
 
 
 def _count_nodes(model: Any) -> tuple[int, int]:
-    """(compute nodes fed by quantized tensors, compute nodes left in float) of a quantized graph."""
+    """(compute nodes whose weights are quantized, compute nodes left in float) of a quantized graph; a float
+    node may still read a dequantized activation."""
     producers = {o: n.op_type for n in model.graph.node for o in n.output}
     quantized = float_ = 0
     for n in model.graph.node:
         if n.op_type not in _COMPUTE:
             continue
-        if n.op_type in _QUANT_OPS or any(producers.get(i) in _QUANT_OPS for i in n.input[:1]):
+        if n.op_type in _QUANT_OPS or any(producers.get(i) in _QUANT_OPS for i in n.input[1:2]):
             quantized += 1
         else:
             float_ += 1

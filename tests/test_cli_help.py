@@ -67,10 +67,11 @@ def test_unknown_criterion_is_refused_at_parse_time(capsys: pytest.CaptureFixtur
 def test_help_name_lists_match_the_registries() -> None:
     import nasforge.quantize
     from nasforge.cli_prune import CRITERIA, ZOO_MODELS
-    from nasforge.cli_quantize import CALIBRATIONS, METHODS, TARGETS
+    from nasforge.cli_quantize import CALIBRATIONS, GROUPS, METHODS, POLICIES, TARGETS
     from nasforge.prune import list_criteria, list_models
 
     assert sorted(ZOO_MODELS) == list_models()
     assert sorted(CRITERIA) == sorted([*list_criteria(), "gmn"])
     assert (METHODS, CALIBRATIONS, TARGETS) == (nasforge.quantize.METHODS, nasforge.quantize.CALIBRATIONS,
                                                 nasforge.quantize.TARGETS)
+    assert POLICIES == nasforge.quantize.POLICIES and GROUPS == tuple(nasforge.quantize.GROUP_DESCRIPTIONS)

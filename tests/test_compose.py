@@ -59,6 +59,28 @@ def test_evaluator_int8_accuracy_and_latency(compose_run: RunSummary) -> None:
     assert m["int8_latency_ms"] > 0 and m["latency_ms"] > 0
 
 
+def test_int8_search_objective_sees_the_selective_result(compose_run: RunSummary) -> None:
+    """The INT8 file a trial times is the one the compress stage would ship: with a bar no INT8 variant can
+    clear it is the FP32 model itself (its accuracy, no Q/DQ), with a bar every variant clears it is INT8."""
+    from nasforge.data import load_data
+    from nasforge.quantize import QuantConfig
+    from nasforge.search import make_subnet_evaluator
+    from nasforge.supernets.checkpoint import load_supernet
+
+    net, _ = load_supernet(compose_run.out / "checkpoints" / "supernet.pt")
+    data = load_data("digits", image_size=16, seed=0)
+    arch = net.space.smallest()
+    common = {"calib_images": 200, "latency": True, "latency_runs": 5, "latency_warmup": 2, "int8": True,
+              "scratch": compose_run.out}
+    never = make_subnet_evaluator(net, data, int8_config=QuantConfig(method="static", min_speedup=10.0), **common)
+    m = never(arch)
+    assert m["int8_fp32_kept"] == 1.0 and m["int8_float_groups"] == 0.0
+    assert m["int8_accuracy"] == pytest.approx(m["accuracy"], abs=0.01)  # FP32 ONNX vs PyTorch, same subnet
+    always = make_subnet_evaluator(net, data, int8_config=QuantConfig(method="static", min_speedup=0.01), **common)
+    m = always(arch)
+    assert m["int8_fp32_kept"] == 0.0 and m["int8_latency_ms"] > 0
+
+
 def test_run_writes_pruned_and_int8_subnets(compose_run: RunSummary) -> None:
     folder = compose_run.out / "subnets" / "0"
     for name in ("pruned.onnx", "pruned.pt", "model.int8.onnx", "model.int8.report.json"):
@@ -71,6 +93,9 @@ def test_run_writes_pruned_and_int8_subnets(compose_run: RunSummary) -> None:
     assert int8["source"] == "compressed/pruned.onnx" and int8["saturation"] is False
     assert abs(int8["test_acc"] - pruned["test_acc"]) <= 0.1
     assert int8["latency_p50_ms"] > 0 and int8["speedup"] > 0 and pruned["latency_p50_ms"] > 0
+    assert int8["choice"] in ("int8", "mixed", "fp32") and set(int8["speedup_by_batch"]) == {"1"}
+    if int8["choice"] == "fp32":  # INT8 did not pay on this machine: the file is the (pruned) FP32 model
+        assert int8["speedup_vs_source"] == 1.0
     assert "## Compressed subnets" in (compose_run.out / "report.md").read_text()
     summary = json.loads((compose_run.out / "summary.json").read_text())
     assert summary["subnets"][0]["compressed"]["int8"]["onnx"] == "compressed/model.int8.onnx"

@@ -183,3 +183,31 @@ def test_bad_arguments_raise_config_error(
     with pytest.raises(ConfigError, match=match):
         export_onnx(make_net(), example, tmp_path / "n.onnx", **kwargs)
     assert list(tmp_path.iterdir()) == []
+
+
+class _PooledGate(torch.nn.Module):
+    """A squeeze-excite gate (spatial mean kept 4-D) and a channel mean that must stay a ReduceMean."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 8, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        y = y * torch.sigmoid(y.mean((2, 3), keepdim=True))
+        return y.mean(1).flatten(1) + y.mean((2, 3)).sum(1, keepdim=True)
+
+
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+def test_spatial_means_become_global_average_pools(tmp_path: Path, exporter: str) -> None:
+    if exporter == "dynamo":
+        pytest.importorskip("onnxscript")
+    model, x = _PooledGate().eval(), torch.randn(2, 1, 6, 6)
+    ops = {}
+    for rewrite in (True, False):
+        path = tmp_path / f"m-{rewrite}.onnx"
+        export_onnx(model, x, path, exporter=exporter, dynamic_batch=True, rewrite=rewrite)  # parity checked
+        ops[rewrite] = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert ops[True].count("GlobalAveragePool") == 1  # the keepdim spatial mean only
+    assert ops[True].count("ReduceMean") == ops[False].count("ReduceMean") - 1
+    assert "GlobalAveragePool" not in ops[False]

@@ -62,6 +62,7 @@ def test_qat_from_a_zoo_source(tmp_path: Path, capsys: pytest.CaptureFixture[str
     (["{plain}", "--data", "digits", "--device", "nosuchdevice"], "unknown device"),
     (["{plain}", "--data", "digits", "--engine", "x.engine"], "--target tensorrt"),
     (["{plain}", "--data", "digits", "--method", "qat"], "--source"),
+    (["{plain}", "--data", "digits", "--float", "dw"], "float group 'dw' is unknown"),
 ])
 def test_bad_input_is_one_line(cnn, tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str],
                                message: str) -> None:
