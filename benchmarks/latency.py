@@ -170,15 +170,32 @@ def op_breakdown(path: Path, shape: tuple[int, ...], threads: int, runs: int = 3
             times.append(time.perf_counter() - t0)
         out["levels_ms"][name] = float(np.median(times)) * 1e3
         if name == "all":
-            events = json.loads(Path(s.end_profiling()).read_text())
-            per_op: dict[str, float] = {}
-            for e in events:
-                if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
-                    op = e["args"]["op_name"]
-                    per_op[op] = per_op.get(op, 0.0) + e["dur"]
+            per_op, macs = _kernel_times(json.loads(Path(s.end_profiling()).read_text()))
             total = sum(per_op.values())
             out["op_share"] = {k: v / total for k, v in sorted(per_op.items(), key=lambda kv: -kv[1])}
+            out["op_gflops"] = {k: 2 * macs[k] / per_op[k] / 1e3 for k in macs if per_op.get(k)}  # us -> GFLOP/s
     return out
+
+
+def _kernel_times(events: list[dict[str, Any]]) -> tuple[dict[str, float], dict[str, float]]:
+    """Kernel microseconds per operator type, convolutions split into depthwise, squeeze-excite (1x1 input),
+    pointwise and the rest, and the MACs of each convolution kind (from the profiled shapes)."""
+    times: dict[str, float] = {}
+    macs: dict[str, float] = {}
+    for e in events:
+        if e.get("cat") != "Node" or not e["name"].endswith("_kernel_time"):
+            continue
+        op, kind = e["args"]["op_name"], e["args"]["op_name"]
+        if op == "Conv":
+            shapes = [next(iter(d.values())) for d in e["args"].get("input_type_shape", [])]
+            out = [next(iter(d.values())) for d in e["args"].get("output_type_shape", [])]
+            x, w = shapes[0], shapes[1]
+            kind = ("Conv depthwise" if w[1] == 1 and w[0] > 1 else "Conv squeeze-excite" if x[-1] * x[-2] == 1
+                    else "Conv pointwise" if w[-1] * w[-2] == 1 else "Conv kxk")
+            y = out[0]
+            macs[kind] = macs.get(kind, 0.0) + float(np.prod(y)) * w[1] * w[2] * w[3]
+        times[kind] = times.get(kind, 0.0) + e["dur"]
+    return times, macs
 
 
 def _print_backends(args: argparse.Namespace, rows: list[dict[str, Any]], peak: float,
@@ -199,7 +216,9 @@ def _print_backends(args: argparse.Namespace, rows: list[dict[str, Any]], peak: 
         print(f"\nbatch {batch}: eager / ORT geometric mean x{geo:.2f}; rewrite (after / before) x{rw:.2f}; share "
               f"of the matmul rate {min(share):.0f}-{max(share):.0f}% over {len(mine)} subnets")
     if breakdown:
-        ops = ", ".join(f"{k} {100 * v:.0f}%" for k, v in list(breakdown["op_share"].items())[:8])
+        ops = ", ".join(f"{k} {100 * v:.0f}%" + (f" ({breakdown['op_gflops'][k]:.0f} GFLOP/s)"
+                                                 if k in breakdown["op_gflops"] else "")
+                        for k, v in list(breakdown["op_share"].items())[:9])
         lv = ", ".join(f"{k} {v:.2f} ms" for k, v in breakdown["levels_ms"].items())
         print(f"\nlargest subnet, batch 32: kernel time by operator: {ops}; p50 by optimisation level: {lv}")
 

@@ -112,7 +112,8 @@ def _row(name: str, variant: str, config: QuantConfig, fp32: Path, fp32_test: fl
     rep = quantize(fp32, int8, data=data, config=config, device=device, batches=(1, 32))
     return {"model": name, "variant": variant, "choice": rep.choice, "seconds": time.time() - t,
             "float": ", ".join((rep.selection or {}).get("float_groups", {})),
-            "trials": len((rep.selection or {}).get("trials", [])), "reduce_range": rep.range_decision["reduce_range"],
+            "trials": len((rep.selection or {}).get("trials", [])), "selection": rep.selection,
+            "reduce_range": rep.range_decision["reduce_range"],
             **{k: rep.check[k] for k in ("fp32_accuracy", "int8_accuracy", "accuracy_drop", "rel_l2",
                                          "simulated_rel_l2", "saturation")},
             "fp32_test": fp32_test, "int8_test": _test_accuracy(int8, data),

@@ -21,7 +21,7 @@ from ._inputs import ArrayReader
 from ._methods import get_method
 from ._targets import get_target
 
-__all__ = ["OrtQuantization", "linear_mac_share", "quantize_onnx", "write_dynamic", "write_static"]
+__all__ = ["OrtQuantization", "copy_metadata", "linear_mac_share", "quantize_onnx", "write_dynamic", "write_static"]
 
 _CALIBRATE = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 
@@ -145,7 +145,7 @@ def quantize_onnx(src: str | Path, dst: str | Path, config: QuantConfig, *, redu
             raise ExportError(f"onnxruntime could not quantize '{src}': {first_line(err)}") from err
         out = load_onnx(staged, check=False)
         fold_float_inputs(out, floating)
-        _copy_metadata(model, out, settings)
+        copy_metadata(model, out, settings)
         atomic_write(dst, lambda fh: fh.write(out.SerializeToString()))
     settings["quantized_nodes"], settings["float_nodes"] = _count_nodes(out)
     return OrtQuantization(dst, method.name, reduce_range, settings["quantized_nodes"], settings["float_nodes"],
@@ -158,7 +158,7 @@ def _float_nodes(config: QuantConfig, groups: dict[str, list[str]]) -> tuple[str
     return tuple(dict.fromkeys([*config.exclude_nodes, *extra]))
 
 
-def _copy_metadata(src: Any, out: Any, settings: dict[str, Any]) -> None:
+def copy_metadata(src: Any, out: Any, settings: dict[str, Any]) -> None:
     """Keep the FP32 file's metadata (architecture, normalisation, ...) and record how it was quantized."""
     import json
 

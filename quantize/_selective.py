@@ -194,22 +194,17 @@ def _fall_back(selection: Selection, best: Trial) -> None:
     """The re-measured winner missed the bar: FP32 is kept."""
     speeds = ", ".join(f"{row['speedup']:.2f}x at batch {b}" for b, row in best.latency.items())
     selection.choice, selection.float_groups = "fp32", {}
-    selection.reason = (f"the best INT8 variant ({best.label()}) ran {speeds} when measured again, under the "
-                        f"{selection.min_speedup:.2f}x bar at every batch size, so the FP32 model is kept")
+    selection.reason = (f"the best INT8 variant ({best.label()}) ran {speeds} when measured again, not "
+                        f"{selection.min_speedup:.2f}x faster at every batch size, so the FP32 model is kept")
 
 
 def _write_fp32(src: Path, dst: Path, quantized: OrtQuantization, reason: str) -> OrtQuantization:
     """Write the FP32 model ``src`` to ``dst`` (atomically), its metadata saying that INT8 was not kept."""
-    import json
+    from ._ort import copy_metadata
 
     model = load_onnx(src, check=False)
     settings = {"kept": "fp32", "reason": reason}
-    props = {p.key: p.value for p in model.metadata_props}
-    props["nasforge_quantization"] = json.dumps(settings, sort_keys=True)
-    del model.metadata_props[:]
-    for key, value in props.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
+    copy_metadata(model, model, settings)
     atomic_write(dst, lambda fh: fh.write(model.SerializeToString()))
     compute = quantized.quantized_nodes + quantized.float_nodes
     return dataclasses.replace(quantized, path=dst, quantized_nodes=0, float_nodes=compute,
