@@ -112,6 +112,9 @@ def test_run_writes_pruned_and_int8_subnets(compose_run: RunSummary) -> None:
     ({"round_to": 0}, "round_to"),
     ({"quantize": "yes"}, "compress.quantize"),
     ({"prunes": "macs=0.5"}, "prunes"),
+    ({"policy": "some"}, "policy 'some'"),
+    ({"batches": "1,x"}, "compress.batches"),
+    ({"batches": "0"}, "compress.batches"),
 ])
 def test_bad_compress_config_is_one_line(compress: dict, needle: str) -> None:
     with pytest.raises(ConfigError) as err:
