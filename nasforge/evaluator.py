@@ -124,7 +124,7 @@ class _Int8Check:
             write(int8_path, self.config)
             return {}
 
-        def measure(candidate: Path) -> dict[str, dict[str, float]]:
+        def measure(candidate: Path, _screening: bool) -> dict[str, dict[str, float]]:
             fp32 = _latency_metrics(path, "fp32", **timing)["fp32_ms"]
             int8 = _latency_metrics(candidate, "int8", **timing)["int8_ms"]
             return {"1": {"fp32_ms": fp32, "int8_ms": int8, "speedup": fp32 / int8}}

@@ -190,11 +190,14 @@ def _runnable_batches(batches: Sequence[int], batch_dim: int | str | None, src: 
 
 
 def _measure(device: Device, fp32: Path, int8: Path, batches: Sequence[int],
-             batch_dim: int | None) -> dict[str, dict[str, float]]:
+             batch_dim: int | None, screening: bool = False) -> dict[str, dict[str, float]]:
     """p50 of both files per batch (only batches the file can run: any for a dynamic ``batch_dim``), measured
-    alternately (FP32, INT8, FP32, INT8) with the better round kept."""
+    alternately (FP32, INT8, FP32, INT8) with the better round kept; ``screening``: a quarter of the device's
+    timed runs (at least 20)."""
     profiler = device.profiler()
     opts = device.measure_options()
+    if screening:
+        opts["runs"] = max(20, opts["runs"] // 4)
     out: dict[str, dict[str, float]] = {}
     for b in batches:
         if batch_dim is not None and b != batch_dim:
@@ -290,7 +293,8 @@ def _run(job: QuantJob, method: QuantMethod, spec: InputSpec, dev: Device | None
     if dev is not None and config.policy == "selective" and target.onnxruntime_kernels:
         say(f"selective quantization: measuring on {dev.name} which operator groups INT8 speeds up ...")
         result, latency, selection = run_selection(
-            src, dst, config, write, lambda path: _measure(dev, src, path, batches, spec.dims[0]), say)
+            src, dst, config, write, lambda path, screening: _measure(dev, src, path, batches, spec.dims[0], screening),
+            say)
     else:
         result = write(dst, config)
         if dev is not None:

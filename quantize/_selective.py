@@ -5,8 +5,9 @@ The decision is measured, not modelled. The whole graph is quantized first; then
 the device against the FP32 file at every batch size asked for (the two alternately, the better of two rounds).
 The group whose return to float raises the worst-batch speed-up the most (by more than ``tolerance``) stays in
 float, and the search goes on from there (greedy backward elimination; at most one round per group). The
-fastest variant is shipped if it is at least ``min_speedup`` times faster than FP32 at every batch; otherwise
-the FP32 model itself is written, and the report says why.
+fastest variant is timed again with the full protocol (the variants are screened with a quarter of the timed
+runs) and shipped if it is at least ``min_speedup`` times faster than FP32 at every batch; otherwise the FP32
+model itself is written, and the report says why.
 """
 
 from __future__ import annotations
@@ -144,14 +145,15 @@ def select_groups(groups: Sequence[str], run: Callable[[tuple[str, ...]], Trial]
 
 def run_selection(src: Path, dst: Path, config: QuantConfig,
                   quantize: Callable[[Path, QuantConfig], OrtQuantization],
-                  measure: Callable[[Path], Latency], log: Callable[[str], None] | None = None,
+                  measure: Callable[[Path, bool], Latency], log: Callable[[str], None] | None = None,
                   ) -> tuple[OrtQuantization, Latency, Selection]:
     """Quantize ``src`` selectively into ``dst`` (:func:`select_groups`): the chosen variant is moved to ``dst``,
     or, when no variant pays, the FP32 model is written there with its metadata saying so.
 
     Args:
         quantize: writes one variant (``quantize_onnx`` with the settings bound).
-        measure: FP32 and the variant's p50 per batch size on the device.
+        measure: FP32 and the variant's p50 per batch size on the device; its flag is True while screening
+            variants (a shorter protocol may be used) and False for the winner's final measurement.
 
     Returns:
         ``(what was written, its latency per batch, the selection)``.
@@ -165,7 +167,7 @@ def run_selection(src: Path, dst: Path, config: QuantConfig,
             cfg = dataclasses.replace(config, float_groups=(*config.float_groups, *extra))
             written = quantize(Path(tmp) / f"variant{len(files)}.onnx", cfg)
             files[extra] = written
-            trial = Trial(extra, measure(written.path))
+            trial = Trial(extra, measure(written.path, True))
             say(f"{trial.label()}: worst-batch speed-up {trial.worst:.2f}x")
             return trial
 
@@ -176,7 +178,7 @@ def run_selection(src: Path, dst: Path, config: QuantConfig,
                                         fixed=config.float_groups, first=first)
         selection.groups = dict(groups)
         if selection.choice != "fp32":  # the winner of several noisy trials is measured once more, afresh
-            best = Trial(best.float_groups, measure(files[best.float_groups].path))
+            best = Trial(best.float_groups, measure(files[best.float_groups].path, False))
             selection.trials.append(best)
             if best.worst < config.min_speedup:
                 _fall_back(selection, best)

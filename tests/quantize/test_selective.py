@@ -114,7 +114,7 @@ def test_a_mixed_model_keeps_depthwise_convolutions_in_float(mobile: Path, digit
     def write(out: Path, config: QuantConfig):  # noqa: ANN202
         return quantize_onnx(mobile, out, config, reduce_range=True, calib_x=calib)
 
-    def measure(path: Path) -> dict[str, dict[str, float]]:
+    def measure(path: Path, _screening: bool) -> dict[str, dict[str, float]]:
         c = _cost(path)
         return {"1": {"fp32_ms": fp32_cost, "int8_ms": c, "speedup": fp32_cost / c}}
 
