@@ -723,3 +723,27 @@ def test_cli_bad_input_is_one_line_exit_2(
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("nasforge: error: ") and expected in lines[0], proc.stderr
     assert proc.stdout == ""
+
+
+def test_selective_quantization_measures_through_the_agent(
+    start_agent: Callable[..., tuple[AgentServer, list[str]]], dynamic_onnx: Path, tmp_path: Path
+) -> None:
+    """Issue 22: the variants are timed on the board (its agent), and what ships cleared the bar there."""
+    from nasforge.devices import Device
+    from nasforge.quantize import QuantConfig, quantize
+
+    server, logs = start_agent()
+    board = Device(name="board", backend="remote", runs=20, warmup=2, options={"url": server.url, "token": TOKEN})
+    out = tmp_path / "net.int8.onnx"
+    config = QuantConfig(method="dynamic", float_groups=("stem", "swish"))  # fewer variants: a faster test
+    report = quantize(dynamic_onnx, out, config=config, device=board, batches=(1,),
+                      fingerprint={"cpu": {"model": "x", "flags": ["avx512_vnni"]}})
+    trials = report.selection["trials"]
+    assert len(trials) >= 2 and set(report.latency) == {"1"}
+    assert report.config["float_groups"] == ["stem", "swish"]
+    assert sum("measured" in line or "profile" in line.lower() for line in logs) >= 2 * len(trials), logs[-3:]
+    if report.choice == "fp32":
+        assert all(row["speedup"] == 1.0 for row in report.latency.values())
+    else:  # the groups asked for stay in float, with that reason
+        assert min(row["speedup"] for row in report.latency.values()) >= 1.03
+        assert report.selection["float_groups"]["stem"] == "asked for (float_groups)"
