@@ -3,8 +3,8 @@
 The decision is measured, not modelled. The whole graph is quantized first; then, group by group
 (:mod:`nasforge.quantize._groups`), each variant that keeps one more group in float is quantized and timed on
 the device against the FP32 file at every batch size asked for (the two alternately, the better of two rounds).
-The group whose return to float raises the worst-batch speed-up the most (by more than ``tolerance``) stays in
-float, and the search goes on from there (greedy backward elimination; at most one round per group). The
+The group whose return to float raises the worst-batch speed-up the most (by more than ``tolerance``, also when
+both variants are measured again with the full protocol) stays in float, and the search goes on from there (greedy backward elimination; at most one round per group). The
 fastest variant is timed again with the full protocol (the variants are screened with a quarter of the timed
 runs) and shipped if it is at least ``min_speedup`` times faster than FP32 at every batch; otherwise the FP32
 model itself is written, and the report says why.
@@ -98,7 +98,8 @@ class Selection:
 
 def select_groups(groups: Sequence[str], run: Callable[[tuple[str, ...]], Trial], *, min_speedup: float,
                   tolerance: float = 0.02, log: Callable[[str], None] | None = None,
-                  fixed: Sequence[str] = (), first: Trial | None = None) -> tuple[Selection, Trial]:
+                  fixed: Sequence[str] = (), first: Trial | None = None,
+                  confirm: Callable[[tuple[str, ...]], Trial] | None = None) -> tuple[Selection, Trial]:
     """Greedy backward elimination over ``groups``; ``run(float_groups)`` quantizes and measures one variant.
     :func:`run_selection` measures the winner once more before shipping it (the best of several noisy trials
     is biased upwards).
@@ -111,6 +112,8 @@ def select_groups(groups: Sequence[str], run: Callable[[tuple[str, ...]], Trial]
             fraction (timing noise is not a reason to give up INT8).
         fixed: groups the user already asked to keep in float.
         first: the all-INT8 variant, if already measured.
+        confirm: measures an already written variant again (the full protocol); a group goes back to float only
+            if the step still clears ``tolerance`` when both variants are measured again.
 
     Returns:
         ``(the selection, the best trial)``.
@@ -126,6 +129,12 @@ def select_groups(groups: Sequence[str], run: Callable[[tuple[str, ...]], Trial]
         if top.worst <= best.worst * (1 + tolerance):
             break
         group = top.float_groups[-1]
+        if confirm is not None:
+            top, best = confirm(top.float_groups), confirm(best.float_groups)
+            trials += [top, best]
+            if top.worst <= best.worst * (1 + tolerance):
+                say(f"{group} in float: not confirmed when measured again ({best.worst:.2f}x -> {top.worst:.2f}x)")
+                break
         reasons[group] = (f"INT8 did not pay: keeping it in float raised the worst-batch speed-up from "
                           f"{best.worst:.2f}x to {top.worst:.2f}x")
         say(f"keeping {group} in float: worst-batch speed-up {best.worst:.2f}x -> {top.worst:.2f}x")
@@ -174,8 +183,9 @@ def run_selection(src: Path, dst: Path, config: QuantConfig,
         first = run(())
         groups = files[()].groups
         candidates = [g for g in groups if g not in config.float_groups]
-        selection, best = select_groups(candidates, run, min_speedup=config.min_speedup, log=say,
-                                        fixed=config.float_groups, first=first)
+        selection, best = select_groups(
+            candidates, run, min_speedup=config.min_speedup, log=say, fixed=config.float_groups, first=first,
+            confirm=lambda extra: Trial(extra, measure(files[extra].path, False)))
         selection.groups = dict(groups)
         if selection.choice != "fp32":  # the winner of several noisy trials is measured once more, afresh
             best = Trial(best.float_groups, measure(files[best.float_groups].path, False))

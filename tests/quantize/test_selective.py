@@ -207,3 +207,8 @@ def test_greedy_selection_stops_on_noise() -> None:
     selection, _ = select_groups(["a", "b", "c"], run, min_speedup=1.5)
     assert selection.choice == "fp32" and "1.50x" in selection.reason
     np.testing.assert_equal(selection.float_groups, {})
+    # measured again, "b" in float is no faster than all-INT8: the step is not taken
+    again = {(): 1.20, ("b",): 1.21}
+    selection, best = select_groups(["a", "b", "c"], run, min_speedup=1.03, confirm=lambda g: Trial(
+        g, {"1": {"fp32_ms": 1.0, "int8_ms": 1 / again[g], "speedup": again[g]}}))
+    assert best.float_groups == () and best.worst == 1.20 and selection.choice == "int8"
