@@ -78,7 +78,11 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=100, help="timed runs per latency round")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/quantize.json"))
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--replot", action="store_true", help="only redraw the plot from --out")
     args = ap.parse_args()
+    if args.replot:
+        plot(json.loads(args.out.read_text())["rows"], args.out.with_suffix(".png"))
+        return
     torch.set_num_threads(2)
     t0 = time.time()
     models = [_subnets(args.run, args.quick), _resnet(args.workdir, args.epochs, args.quick)]
@@ -103,6 +107,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
     _print_table(rows)
+    plot(rows, args.out.with_suffix(".png"))
     print(f"\nCPU: {fp['cpu']}; {time.time() - t0:.0f} s")
 
 
@@ -137,6 +142,32 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
         geo = {b: float(np.exp(np.mean([np.log(r[f"speedup_b{b}"]) for r in mine]))) for b in (1, 32)}
         print(f"\n{variant}: lowest speed-up at any batch {worst:.2f}x; geometric mean b1 {geo[1]:.2f}x, b32 "
               f"{geo[32]:.2f}x; worst accuracy drop {max(r['accuracy_drop'] for r in mine):.4f}")
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """Speed-up over FP32 per model and batch size, all INT8 next to selective, with the 1.0x line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
+    for ax, batch in zip(axes, (1, 32), strict=True):
+        for k, variant in enumerate(VARIANTS):
+            values = [next(r[f"speedup_b{batch}"] for r in rows if r["model"] == m and r["variant"] == variant)
+                      for m in models]
+            ax.bar(np.arange(len(models)) + (k - 0.5) * 0.38, values, width=0.38, label=variant)
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_xticks(np.arange(len(models)), [m.split(" (")[0].replace("mbv3-small ", "") for m in models],
+                      fontsize=8)
+        ax.set_title(f"batch {batch}")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel("speed-up over FP32 (onnxruntime CPU)")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
 
 if __name__ == "__main__":
     main()
