@@ -31,7 +31,9 @@ def add_commands(sub: Any, common: argparse.ArgumentParser) -> None:
                     "training samples of --data; reduce_range is chosen from the --device's CPU flags (on without "
                     "VNNI). The report compares FP32 and INT8 accuracy on the validation split, the output error "
                     "against FP32 and against simulated quantization (flagging saturation), and latency before/"
-                    "after on the device. It is written next to --out as .report.json and .report.md.")
+                    "after on the device. With --policy selective (the default), operator groups INT8 does not "
+                    "speed up on the device stay in float, and the FP32 model is written when no INT8 variant is "
+                    "faster at every --batch. The report is written next to --out as .report.json and .report.md.")
     p.add_argument("model", help="FP32 .onnx file (nasforge export / run / prune write one)")
     p.add_argument("--data", help="dataset spec (default: the one recorded in the ONNX file)")
     p.add_argument("--device", default="cpu", help="target device from devices.yaml (default cpu; 'none' = no "
