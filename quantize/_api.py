@@ -130,7 +130,7 @@ class QuantReport:
 
 
 def _selection_markdown(selection: dict[str, Any]) -> list[str]:
-    trials = [Trial(tuple(t["float_groups"]), t["latency"]) for t in selection.get("trials", [])]
+    trials = [Trial(tuple(t["float_groups"]), t["latency"], t.get("error", "")) for t in selection.get("trials", [])]
     fields = {k: selection[k] for k in ("choice", "reason", "groups", "float_groups", "min_speedup")}
     return Selection(**fields, trials=trials).markdown()
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nasforge.errors import ExportError
 from nasforge.io import atomic_write
 from nasforge.onnx_io import load_onnx
 from nasforge.runlock import temp_prefix
@@ -41,6 +42,7 @@ class Trial:
 
     float_groups: tuple[str, ...]
     latency: Latency
+    error: str = ""
 
     @property
     def worst(self) -> float:
@@ -51,7 +53,8 @@ class Trial:
         return "all INT8" if not self.float_groups else "float: " + ", ".join(self.float_groups)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"float_groups": list(self.float_groups), "latency": self.latency, "worst_speedup": self.worst}
+        return {"float_groups": list(self.float_groups), "latency": self.latency, "worst_speedup": self.worst,
+                "error": self.error}
 
 
 @dataclass
@@ -91,7 +94,8 @@ class Selection:
             batches = list(self.trials[0].latency)
             lines += ["", "| variant | " + " | ".join(f"batch {b} speed-up" for b in batches) + " |",
                       "|---|" + "---|" * len(batches)]
-            lines += [f"| {t.label()} | " + " | ".join(f"{t.latency[b]['speedup']:.2f}x" for b in batches) + " |"
+            lines += [f"| {t.label()} | " + (" | ".join(f"{t.latency[b]['speedup']:.2f}x" for b in batches)
+                                              if not t.error else f"not written: {t.error}") + " |"
                       for t in self.trials]
         return lines
 
@@ -170,13 +174,22 @@ def run_selection(src: Path, dst: Path, config: QuantConfig,
     say = log or (lambda _msg: None)
     dst.parent.mkdir(parents=True, exist_ok=True)
     files: dict[tuple[str, ...], OrtQuantization] = {}
+    trials_seen: list[Trial] = []
     with tempfile.TemporaryDirectory(prefix=temp_prefix(dst.name), suffix=".select", dir=dst.parent) as tmp:
 
         def run(extra: tuple[str, ...]) -> Trial:
             cfg = dataclasses.replace(config, float_groups=(*config.float_groups, *extra))
-            written = quantize(Path(tmp) / f"variant{len(files)}.onnx", cfg)
+            try:
+                written = quantize(Path(tmp) / f"variant{len(files)}.onnx", cfg)
+            except ExportError as err:
+                if not extra:  # all-INT8 itself failed: nothing to select from
+                    raise
+                say(f"float: {', '.join(extra)}: onnxruntime could not quantize this variant ({err}); skipped")
+                return Trial(extra, {b: {"fp32_ms": row["fp32_ms"], "speedup": 0.0}
+                                     for b, row in trials_seen[0].latency.items()}, error=str(err))
             files[extra] = written
             trial = Trial(extra, measure(written.path, True))
+            trials_seen.append(trial)
             say(f"{trial.label()}: worst-batch speed-up {trial.worst:.2f}x")
             return trial
 

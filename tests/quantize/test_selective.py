@@ -212,3 +212,29 @@ def test_greedy_selection_stops_on_noise() -> None:
     selection, best = select_groups(["a", "b", "c"], run, min_speedup=1.03, confirm=lambda g: Trial(
         g, {"1": {"fp32_ms": 1.0, "int8_ms": 1 / again[g], "speedup": again[g]}}))
     assert best.float_groups == () and best.worst == 1.20 and selection.choice == "int8"
+
+
+def test_a_variant_the_quantizer_cannot_write_is_skipped(mobile: Path, digits: DataSplits, tmp_path: Path) -> None:
+    from nasforge.errors import ExportError
+    from nasforge.quantize import fit_inputs
+
+    calib = fit_inputs(digits.train.head(32), _dims(mobile), "mobile")
+    fp32_cost = _cost(mobile)
+
+    def write(out: Path, config: QuantConfig):  # noqa: ANN202
+        if "depthwise" in config.float_groups:
+            raise ExportError("onnxruntime could not quantize 'mobile.onnx': simulated failure")
+        return quantize_onnx(mobile, out, config, reduce_range=True, calib_x=calib)
+
+    def measure(path: Path, _screening: bool) -> dict[str, dict[str, float]]:
+        c = _cost(path)
+        return {"1": {"fp32_ms": fp32_cost, "int8_ms": c, "speedup": fp32_cost / c}}
+
+    said: list[str] = []
+    _, _, selection = run_selection(mobile, tmp_path / "m.onnx", QuantConfig(method="static"), write, measure,
+                                    said.append)
+    failed = [t for t in selection.trials if t.error]
+    assert failed and all("depthwise" in t.float_groups and t.worst == 0.0 for t in failed)
+    assert "depthwise" not in selection.float_groups and (tmp_path / "m.onnx").is_file()
+    assert any("simulated failure" in line and "skipped" in line for line in said)
+    assert "not written: onnxruntime could not quantize" in "\n".join(selection.markdown())
