@@ -10,8 +10,8 @@
    and as now (``GlobalAveragePool``, which onnxruntime keeps in its blocked layout), timed alternately.
 2. **Achieved GFLOP/s:** each subnet's 2 x MACs x batch / median time, against this machine's fp32 matrix-multiply
    rate measured in the same process (``torch.mm`` of 1024 x 1024 matrices with the same thread count), before and
-   after; for the largest subnet at batch 32, the kernel time per operator type (onnxruntime's profiler) and the
-   p50 at each graph optimisation level.
+   after; for the largest subnet at batch 32, the kernel time per operator type (onnxruntime's profiler), the
+   p50 at each graph optimisation level, and a dynamic vs fixed batch (and onnxruntime's free-dimension override).
 3. **Latency table:** ``nasforge.export.build_latency_table`` on ``ort-cpu`` at ``--batch`` (``--calibration``
    subnets fit the correction, ``--holdout`` others record its held-out error), then ``validate_latency_table`` on
    ``--samples`` fresh random subnets: MAPE, share within 10%, Kendall tau, and the MAPE of the uncorrected sum of
@@ -140,8 +140,11 @@ def compare_backends(args: argparse.Namespace, net: Any) -> dict[str, Any]:
                              "speedup": e.median_ms / ms["after"], "rewrite_speedup": ms["before"] / ms["after"],
                              "ort_before_gflops": flops / ms["before"] / 1e6, "ort_gflops": flops / ms["after"] / 1e6,
                              "torch_gflops": flops / e.median_ms / 1e6})
-            if i == 1:  # the largest subnet: where the time goes at batch 32, and the optimisation levels
+            if i == 1:  # the largest subnet: where the time goes at batch 32, optimisation levels, batch settings
                 breakdown = op_breakdown(paths["after"], (32, *shape), args.threads)
+                fixed = Path(tmp) / "s1-fixed32.onnx"
+                export_onnx(sub, torch.randn(32, *shape), fixed, exporter="torchscript", atol=1e-3)
+                breakdown["batch_settings_ms"] = batch_settings(paths["after"], fixed, (32, *shape), args.threads)
     _print_backends(args, rows, peak, breakdown)
     return {"matmul_gflops": peak, "rows": rows, "largest_b32": breakdown}
 
@@ -149,32 +152,57 @@ def compare_backends(args: argparse.Namespace, net: Any) -> dict[str, Any]:
 def op_breakdown(path: Path, shape: tuple[int, ...], threads: int, runs: int = 30) -> dict[str, Any]:
     """Share of kernel time per operator type (onnxruntime's profiler, optimisation level ALL) and p50 at each
     graph optimisation level, for one ONNX file and input shape."""
-    import onnxruntime as ort
-
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    levels = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL, "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-              "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC}
     out: dict[str, Any] = {"levels_ms": {}}
-    for name, level in levels.items():
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level, opts.intra_op_num_threads, opts.log_severity_level = level, threads, 3
-        if name == "all":
-            opts.enable_profiling = True
-            opts.profile_file_prefix = str(path.with_suffix(""))
-        s = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        feed = {s.get_inputs()[0].name: x}
-        times = []
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            s.run(None, feed)
-            times.append(time.perf_counter() - t0)
-        out["levels_ms"][name] = float(np.median(times)) * 1e3
-        if name == "all":
+    for level in ("all", "extended", "basic"):
+        s = _session(path, level, threads, profile=level == "all")
+        out["levels_ms"][level] = _p50(s, x, runs)
+        if level == "all":
             per_op, macs = _kernel_times(json.loads(Path(s.end_profiling()).read_text()))
             total = sum(per_op.values())
             out["op_share"] = {k: v / total for k, v in sorted(per_op.items(), key=lambda kv: -kv[1])}
             out["op_gflops"] = {k: 2 * macs[k] / per_op[k] / 1e3 for k in macs if per_op.get(k)}  # us -> GFLOP/s
     return out
+
+
+def batch_settings(dynamic: Path, fixed: Path, shape: tuple[int, ...], threads: int, runs: int = 30,
+                   rounds: int = 8) -> dict[str, float]:
+    """p50 (best of ``rounds`` interleaved rounds) of a dynamic-batch export, the same model exported with the
+    batch fixed at ``shape[0]``, and the dynamic file with onnxruntime's free-dimension override set to it."""
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    sessions = {"dynamic batch": _session(dynamic, "all", threads), "fixed batch": _session(fixed, "all", threads),
+                "dynamic + free-dimension override": _session(dynamic, "all", threads, batch=shape[0])}
+    best = dict.fromkeys(sessions, float("inf"))
+    for _ in range(rounds):
+        for name, s in sessions.items():
+            best[name] = min(best[name], _p50(s, x, runs))
+    return best
+
+
+def _session(path: Path, level: str, threads: int, *, profile: bool = False, batch: int | None = None) -> Any:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+                                     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                                     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC}[level]
+    opts.intra_op_num_threads, opts.log_severity_level = threads, 3
+    if profile:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = str(path.with_suffix(""))
+    if batch is not None:
+        opts.add_free_dimension_override_by_name("batch", batch)
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def _p50(session: Any, x: np.ndarray, runs: int) -> float:
+    feed = {session.get_inputs()[0].name: x}
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        session.run(None, feed)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)) * 1e3
 
 
 def _kernel_times(events: list[dict[str, Any]]) -> tuple[dict[str, float], dict[str, float]]:
@@ -220,7 +248,9 @@ def _print_backends(args: argparse.Namespace, rows: list[dict[str, Any]], peak: 
                                                  if k in breakdown["op_gflops"] else "")
                         for k, v in list(breakdown["op_share"].items())[:9])
         lv = ", ".join(f"{k} {v:.2f} ms" for k, v in breakdown["levels_ms"].items())
-        print(f"\nlargest subnet, batch 32: kernel time by operator: {ops}; p50 by optimisation level: {lv}")
+        bs = ", ".join(f"{k} {v:.2f} ms" for k, v in breakdown["batch_settings_ms"].items())
+        print(f"\nlargest subnet, batch 32: kernel time by operator: {ops}; p50 by optimisation level: {lv}; "
+              f"batch settings (best of 8 interleaved rounds): {bs}")
 
 
 @contextlib.contextmanager

@@ -3,8 +3,8 @@
 PyTorch exports ``x.mean((2, 3), keepdim=True)`` (the squeeze-excite pooling of MobileNetV3 and EfficientNet) as
 ``ReduceMean``. onnxruntime's CPU provider runs convolutions in a blocked channel layout (NCHWc) and keeps a
 ``GlobalAveragePool`` inside that layout, but leaves a ``ReduceMean`` outside it: the tensor is reordered out
-of the blocked layout and back around every squeeze-excite block. Measured on an Intel Xeon (AVX-512), 1 thread,
-the largest ``mbv3-small`` subnet at batch 32 ran 1.09x faster with the rewrite (see BENCHMARKS.md, issue 22).
+of the blocked layout and back around every squeeze-excite block (``benchmarks/latency.py`` times exports with and without it; see
+BENCHMARKS.md, issue 6 section).
 """
 
 from __future__ import annotations
@@ -25,12 +25,13 @@ def spatial_means_to_global_pool(model: Any) -> int:
     A node is left alone when its axes are not constants, its input's rank is not known to be 4, or it drops
     the reduced axes.
     """
-    constants = _constants(model)
+    means = [n for n in model.graph.node if n.op_type == "ReduceMean" and n.domain in ("", "ai.onnx")]
+    if not means:  # no shape inference, no constant lookups
+        return 0
+    constants = _constants(model, {n.input[1] for n in means if len(n.input) > 1})
     ranks = _ranks(model)
     rewritten = 0
-    for node in model.graph.node:
-        if node.op_type != "ReduceMean" or node.domain not in ("", "ai.onnx"):
-            continue
+    for node in means:
         axes = _axes(node, constants)
         keep = next((a.i for a in node.attribute if a.name == "keepdims"), 1)
         if axes is None or sorted(axes) not in [sorted(s) for s in _SPATIAL] or not keep:
@@ -44,13 +45,14 @@ def spatial_means_to_global_pool(model: Any) -> int:
     return rewritten
 
 
-def _constants(model: Any) -> dict[str, np.ndarray]:
-    """Initializers and ``Constant`` node outputs by name."""
+def _constants(model: Any, names: set[str]) -> dict[str, np.ndarray]:
+    """The initializers and ``Constant`` node outputs among ``names`` (the weights are not copied)."""
     from onnx import numpy_helper
 
-    out = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    out = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer if i.name in names}
     for node in model.graph.node:
-        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+        if (node.op_type == "Constant" and node.output[0] in names and node.attribute
+                and node.attribute[0].name == "value"):
             out[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
     return out
 

@@ -14,8 +14,8 @@ from nasforge.errors import ConfigError
 
 __all__ = ["CALIBRATIONS", "GROUPS", "METHODS", "POLICIES", "TARGETS", "add_commands", "infer_qat_source"]
 
-#: ``nasforge.quantize.METHODS``, ``CALIBRATIONS``, ``TARGETS``, ``POLICIES`` and the group names, written out: importing that package (numpy,
-#: onnx helpers) is too slow for ``--help``. tests/test_cli_help.py checks that they are the same.
+#: ``nasforge.quantize.METHODS``, ``CALIBRATIONS``, ``TARGETS``, ``POLICIES`` and the group names, written out:
+#: importing that package (numpy, onnx helpers) is too slow for ``--help``. tests/test_cli_help.py checks them.
 METHODS = ("auto", "static", "dynamic", "qat")
 CALIBRATIONS = ("minmax", "entropy", "percentile")
 TARGETS = ("ort", "tensorrt")

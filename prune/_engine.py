@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from nasforge.errors import ConfigError, NasforgeError
+from nasforge.onnx_io import first_line
 
 from ._criteria import Criterion
 
@@ -306,8 +307,8 @@ def _check_runs(pruned: nn.Module, example: torch.Tensor) -> None:
         where = (f"; the attention layers {', '.join(repr(n) for n in attention[:3])} share a residual stream that "
                  "starts at the model's input, whose width cannot shrink: add an input layer (an embedding or Linear) "
                  "before it") if attention else ""
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise PruneError(f"the pruned model no longer runs on its example input ({type(exc).__name__}: {first}): a "
+        raise PruneError(f"the pruned model no longer runs on its example input ({type(exc).__name__}: "
+                         f"{first_line(exc)}): a "
                          f"channel group is tied to a tensor that cannot be pruned{where}, or leave the layers of "
                          "that group alone with ignore=[...] (CLI: --ignore PATTERN)") from exc
     finally:

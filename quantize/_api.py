@@ -292,9 +292,10 @@ def _run(job: QuantJob, method: QuantMethod, spec: InputSpec, dev: Device | None
     selection: Selection | None = None
     if dev is not None and config.policy == "selective" and target.onnxruntime_kernels:
         say(f"selective quantization: measuring on {dev.name} which operator groups INT8 speeds up ...")
-        result, latency, selection = run_selection(
-            src, dst, config, write, lambda path, screening: _measure(dev, src, path, batches, spec.dims[0], screening),
-            say)
+        def measure(path: Path, screening: bool) -> dict[str, dict[str, float]]:
+            return _measure(dev, src, path, batches, spec.dims[0], screening)
+
+        result, latency, selection = run_selection(src, dst, config, write, measure, say)
     else:
         result = write(dst, config)
         if dev is not None:

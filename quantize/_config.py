@@ -70,8 +70,8 @@ class QuantConfig:
     saturation_margin: float = 0.01
 
     def __post_init__(self) -> None:
-        for name, choices in (("method", METHODS), ("policy", POLICIES), ("calibration", CALIBRATIONS), ("target", TARGETS),
-                              ("activation_type", ACTIVATION_TYPES)):
+        for name, choices in (("method", METHODS), ("policy", POLICIES), ("calibration", CALIBRATIONS),
+                              ("target", TARGETS), ("activation_type", ACTIVATION_TYPES)):
             if getattr(self, name) not in choices:
                 raise ConfigError(f"quantization {name} {getattr(self, name)!r} is unknown; pick one of {choices}")
         if isinstance(self.calib_samples, bool) or not isinstance(self.calib_samples, int) or self.calib_samples < 1:

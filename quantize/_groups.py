@@ -1,12 +1,12 @@
 """Operator groups of an FP32 graph, the unit in which selective quantization keeps parts in float.
 
-INT8 does not pay for every operator alike: on onnxruntime's CPU kernels a pointwise convolution runs about
-1.5x faster in INT8, while a depthwise convolution, a squeeze-excite gate or a hard-swish product gains nothing
-and pays for the quantize/dequantize around it. :func:`operator_groups` sorts the graph's nodes into groups a
+INT8 does not pay for every operator alike: on onnxruntime's CPU kernels pointwise convolutions gain from it,
+while depthwise convolutions, squeeze-excite gates and hard-swish products may gain nothing and pay for the
+quantize/dequantize around them. :func:`operator_groups` sorts the graph's nodes into groups a
 person recognises (``depthwise``, ``squeeze-excite``, ...) so that :mod:`nasforge.quantize._selective` can
 measure, on the target, which groups to leave in float. :func:`fold_float_inputs` makes a node left in float
 truly float: onnxruntime's quantizer may still hand it a dequantized bias, which keeps the runtime's fast
-blocked-layout kernels from taking it (a depthwise convolution then ran 5-10x slower).
+blocked-layout kernels from taking it (a float depthwise convolution then ran several times slower).
 """
 
 from __future__ import annotations

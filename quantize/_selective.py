@@ -4,10 +4,11 @@ The decision is measured, not modelled. The whole graph is quantized first; then
 (:mod:`nasforge.quantize._groups`), each variant that keeps one more group in float is quantized and timed on
 the device against the FP32 file at every batch size asked for (the two alternately, the better of two rounds).
 The group whose return to float raises the worst-batch speed-up the most (by more than ``tolerance``, also when
-both variants are measured again with the full protocol) stays in float, and the search goes on from there (greedy backward elimination; at most one round per group). The
-fastest variant is timed again with the full protocol (the variants are screened with a quarter of the timed
-runs) and shipped if it is at least ``min_speedup`` times faster than FP32 at every batch; otherwise the FP32
-model itself is written, and the report says why.
+both variants are measured again with the full protocol) stays in float, and the search goes on from there
+(greedy backward elimination; at most one round per group). The fastest variant is timed again with the full
+protocol (the variants are screened with a quarter of the timed runs) and shipped if it is at least
+``min_speedup`` times faster than FP32 at every batch; otherwise the FP32 model itself is written, and the
+report says why.
 """
 
 from __future__ import annotations
@@ -145,7 +146,7 @@ def select_groups(groups: Sequence[str], run: Callable[[tuple[str, ...]], Trial]
         best = top
         left.remove(group)
     speeds = ", ".join(f"{row['speedup']:.2f}x at batch {b}" for b, row in best.latency.items())
-    all_groups = dict.fromkeys([*fixed, *groups], 0)
+    all_groups: dict[str, int] = {}  # node counts: filled in by run_selection, which knows the graph
     if best.worst < min_speedup:
         reason = (f"no INT8 variant was at least {min_speedup:.2f}x faster than FP32 at every batch size; the best "
                   f"({best.label()}) ran {speeds}, so the FP32 model is kept")
